@@ -1555,6 +1555,20 @@ proxy = "10.0.0.1:3128"
     }
 
     #[test]
+    fn examples_in_the_documentation_parse() {
+        let doc = include_str!("../../docs/configuration.md");
+        let mut blocks = 0;
+        for block in doc.split("```toml\n").skip(1) {
+            let text = block.split("```").next().unwrap();
+            if let Err(e) = parse(text) {
+                panic!("example in docs/configuration.md does not parse: {e}\n{text}");
+            }
+            blocks += 1;
+        }
+        assert!(blocks >= 9, "found {blocks} examples");
+    }
+
+    #[test]
     fn load_toml_reads_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("imagefs.toml");
