@@ -192,7 +192,7 @@ fn serve(
             attr_ttl: cfg.mount.attr_ttl,
             passthrough: cfg.mount.passthrough,
             read_only: opts.read_only,
-            hashing: cfg.mount.hashing_algorithm,
+            hashing: cfg.mount.checksums.then_some(cfg.mount.hashing_algorithm),
             owner: OwnerOverride {
                 uid: opts.uid,
                 gid: opts.gid,

@@ -49,6 +49,10 @@ pub struct MountConfig {
     pub read_ahead_kb: u32,
     /// Glance's `hashing_algorithm` for `os_hash_value` (default sha512).
     pub hashing_algorithm: HashAlgorithm,
+    /// Compute md5 and os_hash_value of every image written (`checksums`,
+    /// default true). Off for a Glance file store backend: Glance computes
+    /// them itself, and hashing bounds the write rate on small machines.
+    pub checksums: bool,
 }
 
 impl Default for MountConfig {
@@ -59,6 +63,7 @@ impl Default for MountConfig {
             passthrough: true,
             read_ahead_kb: 1024,
             hashing_algorithm: HashAlgorithm::Sha512,
+            checksums: true,
         }
     }
 }

@@ -74,6 +74,7 @@ struct RawMount {
     passthrough: Option<bool>,
     read_ahead_kb: Option<u32>,
     hashing_algorithm: Option<Spanned<String>>,
+    checksums: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -471,6 +472,9 @@ impl Ctx<'_> {
         }
         if let Some(kb) = raw.read_ahead_kb {
             mount.read_ahead_kb = kb;
+        }
+        if let Some(c) = raw.checksums {
+            mount.checksums = c;
         }
         if let Some(algo) = raw.hashing_algorithm {
             mount.hashing_algorithm = rules::parse_hash_algorithm(algo.get_ref())
@@ -1054,6 +1058,7 @@ threads = 8
 passthrough = false
 read_ahead_kb = 4096
 hashing_algorithm = "sha256"
+checksums = false
 [cache]
 memory_mb = 1024
 block_size_kb = 1024
@@ -1072,6 +1077,7 @@ datadir = "/a"
         assert!(!c.mount.passthrough);
         assert_eq!(c.mount.read_ahead_kb, 4096);
         assert_eq!(c.mount.hashing_algorithm, HashAlgorithm::Sha256);
+        assert!(!c.mount.checksums);
         assert_eq!(c.cache.memory_bytes, 1 << 30);
         assert_eq!(c.cache.block_size, 1 << 20);
         assert_eq!(c.default_store.as_deref(), Some("b"));
