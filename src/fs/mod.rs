@@ -7,6 +7,8 @@ mod attr;
 mod error;
 mod hash;
 mod inode;
+#[cfg(test)]
+mod model_tests;
 mod open;
 mod staging;
 #[cfg(test)]
