@@ -5,12 +5,14 @@
 #                         [--out BENCHMARKS.md] [--binary target/release/imagefs]
 #                         [--workdir /var/tmp] [--ls-files 10000]
 #                         [--systems raw,imagefs,rclone-off,rclone-writes] [--keep]
+#   (--systems may also name imagefs-nosum: imagefs with [mount] checksums = false)
 #
 # Suite `file` (the only one so far): sequential write and read of SIZE through
 #   raw            a plain directory on the disk (the baseline)
 #   imagefs        `imagefs mount` of a file store whose datadir is that directory
 #   rclone-off     `rclone mount DIR MNT --vfs-cache-mode off`
 #   rclone-writes  `rclone mount DIR MNT --vfs-cache-mode writes`
+#   imagefs-nosum  (opt-in) imagefs with `[mount] checksums = false`
 # all in one run, RUNS times, then `ls -l` of LS_FILES small files (cold and
 # warm). Medians, ratios vs the raw directory and the daemons' CPU seconds per
 # GiB (utime+stime from /proc/PID/stat) are written as a markdown section
@@ -75,13 +77,13 @@ declare -A WANT=()
 IFS=, read -r -a _systems <<<"$SYSTEMS"
 for s in "${_systems[@]}"; do
     case "$s" in
-        raw|imagefs|rclone-off|rclone-writes) WANT[$s]=1 ;;
+        raw|imagefs|imagefs-nosum|rclone-off|rclone-writes) WANT[$s]=1 ;;
         *) die "unknown system '$s'" ;;
     esac
 done
 WANT[raw]=1 # the baseline every ratio is computed against
 ORDER=()
-for s in raw imagefs rclone-off rclone-writes; do
+for s in raw imagefs imagefs-nosum rclone-off rclone-writes; do
     if [[ -n ${WANT[$s]:-} ]]; then ORDER+=("$s"); fi
 done
 
@@ -93,7 +95,7 @@ command -v python3 >/dev/null || die "python3 not found"
 if [[ -n ${WANT[rclone-off]:-}${WANT[rclone-writes]:-} ]]; then
     command -v rclone >/dev/null || die "rclone not found"
 fi
-if [[ -n ${WANT[imagefs]:-} ]]; then
+if [[ -n ${WANT[imagefs]:-}${WANT[imagefs-nosum]:-} ]]; then
     [[ -x $BINARY ]] || die "imagefs binary '$BINARY' not found (build it or pass --binary)"
     BINARY=$(readlink -f "$BINARY")
 fi
@@ -236,20 +238,17 @@ declare -A CMD=() # system -> exact mount command line (for the report)
 # substitution would run them in a subshell and lose the cleanup bookkeeping).
 MOUNTED_PID=""
 
-mount_imagefs() { # datadir mountpoint
-    local data=$1 mnt=$2 conf pidf pid
+mount_imagefs() { # system (imagefs|imagefs-nosum) datadir mountpoint
+    local sys=$1 data=$2 mnt=$3 conf pidf pid extra=""
+    if [[ $sys == imagefs-nosum ]]; then extra=$'[mount]\nchecksums = false\n'; fi
     mkdir -p "$mnt"
     conf="$WORK/imagefs-$(basename "$mnt").toml"
     pidf="$WORK/imagefs-$(basename "$mnt").pid"
-    cat >"$conf" <<EOF
-[stores.local]
-type = "file"
-datadir = "$data"
-EOF
+    printf '%s[stores.local]\ntype = "file"\ndatadir = "%s"\n' "$extra" "$data" >"$conf"
     rm -f "$pidf"
-    [[ -n ${CMD[imagefs]:-} ]] || CMD[imagefs]="$BINARY mount $mnt --config $conf --pid-file $pidf   # $conf: [stores.local] type = \"file\", datadir = \"$data\""
+    [[ -n ${CMD[$sys]:-} ]] || CMD[$sys]="$BINARY mount $mnt --config $conf --pid-file $pidf   # $conf: $(tr '\n' ' ' <"$conf")"
     if ! timeout 60 "$BINARY" mount "$mnt" --config "$conf" --pid-file "$pidf" \
-        >"$WORK/imagefs-$(basename "$mnt").log" 2>&1; then
+        --log-file "$WORK/imagefs-$(basename "$mnt").daemon.log" >"$WORK/imagefs-$(basename "$mnt").log" 2>&1; then
         cat "$WORK/imagefs-$(basename "$mnt").log" >&2
         [[ -s $pidf ]] && { pid=$(<"$pidf"); PID_COMM[$pid]=$(cat "/proc/$pid/comm" 2>/dev/null || echo imagefs); MOUNT_PID[$mnt]=$pid; }
         is_mounted "$mnt" && MOUNTS+=("$mnt")
@@ -306,13 +305,14 @@ dd if="$SRC" of="$DATA/$READ_ID" bs=1M conv=fsync status=none
 declare -A MNT=() PID=() TARGET=()
 TARGET[raw]=$DATA
 PID[raw]=""
-if [[ -n ${WANT[imagefs]:-} ]]; then
-    MNT[imagefs]="$WORK/mnt-imagefs"
-    mount_imagefs "$DATA" "${MNT[imagefs]}"
-    PID[imagefs]=$MOUNTED_PID
-    TARGET[imagefs]="${MNT[imagefs]}/local"
-    [[ -d ${TARGET[imagefs]} ]] || die "${TARGET[imagefs]} does not exist in the imagefs mount"
-fi
+for s in imagefs imagefs-nosum; do
+    [[ -n ${WANT[$s]:-} ]] || continue
+    MNT[$s]="$WORK/mnt-$s"
+    mount_imagefs "$s" "$DATA" "${MNT[$s]}"
+    PID[$s]=$MOUNTED_PID
+    TARGET[$s]="${MNT[$s]}/local"
+    [[ -d ${TARGET[$s]} ]] || die "${TARGET[$s]} does not exist in the imagefs mount"
+done
 for mode in off writes; do
     [[ -n ${WANT[rclone-$mode]:-} ]] || continue
     MNT[rclone-$mode]="$WORK/mnt-rclone-$mode"
@@ -381,7 +381,11 @@ bench_read() { # system run
 
 for ((run = 1; run <= RUNS; run++)); do
     log "run $run/$RUNS ($SIZE_MIB MiB)"
-    for s in "${ORDER[@]}"; do
+    # Each run starts one system further down the list, so that no system is
+    # always measured first (right after the source file was written, say).
+    n=${#ORDER[@]}
+    for ((k = 0; k < n; k++)); do
+        s=${ORDER[(k + run - 1) % n]}
         bench_write "$s" "$run"
         bench_read "$s" "$run"
     done
@@ -433,7 +437,7 @@ EOF
         for s in "${LS_SYSTEMS[@]}"; do
             dir=$LSDATA pid="" mnt=""
             case $s in
-                imagefs) mnt="$WORK/ls-imagefs-$run"; mount_imagefs "$LSDATA" "$mnt"; pid=$MOUNTED_PID; dir="$mnt/local" ;;
+                imagefs) mnt="$WORK/ls-imagefs-$run"; mount_imagefs imagefs "$LSDATA" "$mnt"; pid=$MOUNTED_PID; dir="$mnt/local" ;;
                 rclone) mnt="$WORK/ls-rclone-$run"; mount_rclone "$LSDATA" "$mnt" off; pid=$MOUNTED_PID; dir=$mnt ;;
             esac
             drop_caches # cold: fresh mount (for the FUSE systems) and no cached inodes
@@ -446,9 +450,21 @@ EOF
 fi
 
 # ---------------------------------------------------------------- report
+# Errors the imagefs daemons logged (with the mount's default log level).
+DAEMON_ERRORS=0
+for f in "$WORK"/imagefs-*.daemon.log; do
+    [[ -f $f ]] || continue
+    n=$(grep -c -E ' (ERROR|WARN) ' "$f" || true)
+    if ((n > 0)); then
+        DAEMON_ERRORS=$((DAEMON_ERRORS + n))
+        log "$(basename "$f"): $n ERROR/WARN lines, first ones:"
+        grep -m 3 -E ' (ERROR|WARN) ' "$f" >&2 || true
+    fi
+done
 declare -A LABEL=(
     [raw]="raw directory"
     [imagefs]="imagefs (file store)"
+    [imagefs-nosum]="imagefs (file store), checksums = false"
     [rclone-off]="rclone mount, --vfs-cache-mode off"
     [rclone-writes]="rclone mount, --vfs-cache-mode writes"
     [rclone]="rclone mount, --vfs-cache-mode off"
@@ -457,7 +473,7 @@ declare -A LABEL=(
 cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 disk=$(df -PT "$WORKDIR_PARENT" | awk 'NR == 2 { print $1 " (" $2 ")" }')
 imagefs_ver="-"
-if [[ -n ${WANT[imagefs]:-} ]]; then
+if [[ -n ${WANT[imagefs]:-}${WANT[imagefs-nosum]:-} ]]; then
     imagefs_ver="$BINARY ($("$BINARY" --version 2>/dev/null | head -1 || true); built $(date -u -r "$BINARY" '+%F %T UTC'))"
 fi
 rclone_ver=$(rclone version 2>/dev/null | head -1 || echo "-")
@@ -490,7 +506,11 @@ git_dirty=$(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/n
     echo "(for rclone's \`writes\` mode this includes the write-back after close, which by default starts"
     echo "\`--vfs-write-back\` 5 s after the file is closed); \"dd only\" = until dd returned."
     echo
-    echo "Per run (MB/s, in run order):"
+    if ((DAEMON_ERRORS > 0)); then
+        echo "The imagefs daemons logged $DAEMON_ERRORS ERROR/WARN lines during this benchmark."
+        echo
+    fi
+    echo "Per run (MB/s, in run order; run N starts with the Nth system of the table):"
     echo
     for s in "${ORDER[@]}"; do
         if [[ $s == raw ]]; then
