@@ -162,6 +162,8 @@ impl Filesystem for FuseAdapter {
         try_add(kc, InitFlags::FUSE_PARALLEL_DIROPS);
         try_add(kc, InitFlags::FUSE_ASYNC_DIO);
         try_add(kc, InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        // The kernel then caches ACL lookups (`ls -l` asks for one per file).
+        try_add(kc, InitFlags::FUSE_POSIX_ACL);
         let passthrough = self.fs.options().passthrough
             && kc.set_max_stack_depth(1).is_ok()
             && try_add(kc, InitFlags::FUSE_PASSTHROUGH);
@@ -562,6 +564,12 @@ impl Filesystem for FuseAdapter {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = name.to_string_lossy().into_owned();
+        if let Some(answer) = self.fs.getxattr_now(ino.0, &name) {
+            return match answer {
+                Ok(v) => xattr_reply(reply, size, &v),
+                Err(e) => reply.error(errno("getxattr", e)),
+            };
+        }
         self.run(move |fs| async move {
             match fs.getxattr(ino.0, &name).await {
                 Ok(v) => xattr_reply(reply, size, &v),

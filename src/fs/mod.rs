@@ -911,20 +911,34 @@ impl ImageFs {
 
     // ---- extended attributes ---------------------------------------------
 
-    pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
-        let img = match self.node(ino)? {
-            Node::Image(img) => img,
-            _ => return Err(err!(libc::ENODATA, "directories have no xattrs")),
+    /// Answers getxattr at once when no store call is needed: names outside
+    /// `user.` (security.capability on every write, security.selinux and
+    /// ACLs on every `ls -l`), directories and the computed location. None:
+    /// ask `getxattr`.
+    pub fn getxattr_now(&self, ino: u64, name: &str) -> Option<FsResult<Vec<u8>>> {
+        let img = match self.node(ino) {
+            Ok(Node::Image(img)) => img,
+            Ok(_) => return Some(Err(err!(libc::ENODATA, "directories have no xattrs"))),
+            Err(e) => return Some(Err(e)),
         };
         if !name.starts_with("user.") {
-            // security.capability is asked on every write: answer at once.
-            return Err(err!(libc::ENODATA, "only user.* xattrs are kept"));
+            return Some(Err(err!(libc::ENODATA, "only user.* xattrs are kept")));
         }
+        if name == XATTR_LOCATION {
+            return Some(
+                Self::name_of(&img).map(|id| self.stores[img.store].location(&id).into_bytes()),
+            );
+        }
+        None
+    }
+
+    pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+        if let Some(answer) = self.getxattr_now(ino, name) {
+            return answer;
+        }
+        let img = self.image(ino)?;
         let id = Self::name_of(&img)?;
         let store = &self.stores[img.store];
-        if name == XATTR_LOCATION {
-            return Ok(store.location(&id).into_bytes());
-        }
         if img.staging.lock().await.as_ref().map(|s| s.mode) == Some(UploadMode::New) {
             return Err(err!(libc::ENODATA, "{id}: not committed yet"));
         }
