@@ -44,6 +44,9 @@ ALL_TESTS=(
     fsx
     pjdfstest
     store_mount
+    ro_mount
+    sigterm
+    check_cmd
     kill9_gc
 )
 
@@ -599,6 +602,56 @@ t_store_mount() {
     [ $got = 1 ] || fail "--store b mount: image $id missing or wrong bytes (state $got)"
 }
 
+t_ro_mount() {
+    # -o ro: reads work, every write fails with EROFS
+    local m3="$STATE/mnt-ro" id src e rc=0
+    src=$(data ro_src 1M)
+    id=$(newid)
+    cp "$src" "$SA/$id"
+    mkdir -p "$m3"
+    local PIDFILE="$STATE/imagefs-ro.pid" MOUNT_OPTS="ro,$MOUNT_OPTS"
+    do_mount "$m3" --store a || fail "mount -o ro --store a failed"
+    cmp -s "$src" "$m3/$id" || { rc=1; echo "FAIL: read through the ro mount differs" >&2; }
+    e=$(errno_of 'open(a[0], "wb").close()' "$m3/new-$id")
+    [ "$e" = EROFS ] || { rc=1; echo "FAIL: create on a ro mount: expected EROFS, got $e" >&2; }
+    e=$(errno_of 'open(a[0], "r+b").write(b"x")' "$m3/$id")
+    [ "$e" = EROFS ] || { rc=1; echo "FAIL: open r+ on a ro mount: expected EROFS, got $e" >&2; }
+    e=$(errno_of 'os.unlink(a[0])' "$m3/$id")
+    [ "$e" = EROFS ] || { rc=1; echo "FAIL: unlink on a ro mount: expected EROFS, got $e" >&2; }
+    do_umount "$m3" || rc=1
+    cmp -s "$src" "$SA/$id" || { rc=1; echo "FAIL: image changed through the ro mount" >&2; }
+    return $rc
+}
+
+t_sigterm() {
+    # SIGTERM: the daemon unmounts and exits (systemd stop)
+    local m4="$STATE/mnt-term" pid i
+    mkdir -p "$m4"
+    local PIDFILE="$STATE/imagefs-term.pid"
+    do_mount "$m4" --store b || fail "mount --store b failed"
+    pid=$(cat "$PIDFILE") || fail "no pid file"
+    ls "$m4" >/dev/null || fail "new mount not usable"
+    kill -TERM "$pid"
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -9 "$pid"; fusermount3 -uz "$m4" 2>/dev/null
+        fail "daemon $pid still running 10 s after SIGTERM"
+    fi
+    if is_mounted "$m4"; then
+        fusermount3 -uz "$m4" 2>/dev/null
+        fail "daemon exited on SIGTERM but left $m4 mounted (dead mount)"
+    fi
+}
+
+t_check_cmd() {
+    "$BINARY" check --config "$CFG" >"$WORK/check.out" 2>&1 ||
+        { cat "$WORK/check.out" >&2; fail "imagefs check exited non-zero"; }
+    cat "$WORK/check.out"
+    assert_grep '\ba\b' "$WORK/check.out" "check lists store a"
+    assert_grep '\bb\b' "$WORK/check.out" "check lists store b"
+    assert_grep "$STORE_TYPE" "$WORK/check.out" "check names the store type"
+}
+
 t_kill9_gc() {
     local id keep src w pid i
     src=$(data kill_keep 1M)
@@ -713,7 +766,8 @@ setup_env
 
 cleanup() {
     do_umount "$MNT" >/dev/null 2>&1 || true
-    is_mounted "$STATE/mnt-store-b" && fusermount3 -uz "$STATE/mnt-store-b"
+    local m
+    for m in "$STATE"/mnt-*; do is_mounted "$m" && fusermount3 -uz "$m"; done
     if [ $KEEP = 1 ]; then
         echo "state kept in $STATE"
     elif [ "${FAILED:-0}" -gt 0 ]; then
