@@ -1,0 +1,132 @@
+//! Running as a daemon: detaching once the mount is ready (the parent exits
+//! with the mount's outcome), PID files, systemd readiness, and the kernel
+//! read-ahead of the mount's backing device info.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::path::Path;
+
+/// The detached child's end of the readiness pipe.
+pub struct Readiness {
+    pipe: Option<File>,
+}
+
+impl Readiness {
+    /// Foreground: nothing to report to.
+    pub fn foreground() -> Readiness {
+        Readiness { pipe: None }
+    }
+
+    /// Mounted: the parent exits 0; systemd hears READY=1.
+    pub fn ready(&mut self) {
+        notify_systemd("READY=1");
+        if let Some(mut p) = self.pipe.take() {
+            let _ = p.write_all(b"\0");
+        }
+    }
+
+    /// Failed: the parent prints `message` and exits 1.
+    pub fn failed(&mut self, message: &str) {
+        // In the foreground the caller prints it.
+        if let Some(mut p) = self.pipe.take() {
+            let _ = p.write_all(message.as_bytes());
+        }
+    }
+}
+
+/// Forks. The parent waits for the child's readiness and exits with it; the
+/// child returns, detached from the terminal (stdio on `log_file` or
+/// /dev/null). Must run before any thread is started.
+pub fn detach(log_file: Option<&Path>) -> io::Result<Readiness> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptors were just created and are owned once each.
+    let (mut rx, tx) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+    // SAFETY: no other thread exists yet, so the child may continue freely.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            drop(rx);
+            // SAFETY: plain syscalls on our own process.
+            unsafe { libc::setsid() };
+            let out = match log_file {
+                Some(p) => OpenOptions::new().create(true).append(true).open(p)?,
+                None => OpenOptions::new().write(true).open("/dev/null")?,
+            };
+            let null = File::open("/dev/null")?;
+            // SAFETY: dup2 onto the standard descriptors.
+            unsafe {
+                libc::dup2(null.as_raw_fd(), 0);
+                libc::dup2(out.as_raw_fd(), 1);
+                libc::dup2(out.as_raw_fd(), 2);
+            }
+            Ok(Readiness { pipe: Some(tx) })
+        }
+        _ => {
+            drop(tx);
+            let mut msg = Vec::new();
+            let _ = rx.read_to_end(&mut msg);
+            if msg == b"\0" {
+                std::process::exit(0);
+            }
+            let text = if msg.is_empty() {
+                "the daemon exited before mounting (see its log)".to_string()
+            } else {
+                String::from_utf8_lossy(&msg).into_owned()
+            };
+            eprintln!("imagefs: {text}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Writes our PID to `path`.
+pub fn write_pid_file(path: &Path) -> io::Result<()> {
+    fs::write(path, format!("{}\n", std::process::id()))
+}
+
+/// Sends a state line to systemd when run as a Type=notify service.
+fn notify_systemd(state: &str) {
+    let Some(sock) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = sock.to_string_lossy().into_owned();
+    let Ok(s) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let _ = if let Some(abs) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abs.as_bytes())
+            .and_then(|a| s.send_to_addr(state.as_bytes(), &a))
+    } else {
+        s.send_to(state.as_bytes(), &path)
+    };
+}
+
+/// The "major:minor" of the file system mounted at `mountpoint`, read from
+/// /proc/self/mountinfo (a stat of the mountpoint would ask our own daemon,
+/// which is not serving yet).
+pub fn mount_device(mountpoint: &Path) -> Option<String> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mountpoint.to_string_lossy();
+    info.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.len() > 4 && f[4] == want).then(|| f[2].to_string())
+        })
+        .last()
+}
+
+/// Sets the kernel read-ahead of the mount (the bdi FUSE registers for it).
+pub fn set_read_ahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
+    let dev = mount_device(mountpoint)
+        .ok_or_else(|| io::Error::other("mount not found in /proc/self/mountinfo"))?;
+    fs::write(
+        format!("/sys/class/bdi/{dev}/read_ahead_kb"),
+        kb.to_string(),
+    )
+}

@@ -1,0 +1,244 @@
+//! The store layer: one async trait that every backend implements (list,
+//! head, ranged read, streaming upload with commit/abort, delete, rename,
+//! server-side copy, metadata, statfs, gc), a declared capability set, and
+//! one error enum. Backends live one per file or folder beside this one.
+
+mod error;
+pub mod file;
+
+pub use error::{Result, StoreError};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::config::{BackendConfig, StoreConfig};
+
+/// Prefix of the names a store uses for in-flight uploads; never listed,
+/// never accepted as an image id.
+pub const TEMP_PREFIX: &str = ".imagefs-tmp-";
+
+/// Extended attributes imagefs computes and keeps with each image.
+pub const XATTR_LOCATION: &str = "user.imagefs.location";
+pub const XATTR_CHECKSUM: &str = "user.imagefs.checksum";
+pub const XATTR_OS_HASH_VALUE: &str = "user.imagefs.os_hash_value";
+pub const XATTR_OS_HASH_ALGO: &str = "user.imagefs.os_hash_algo";
+/// Namespace of the attributes above: read-only through the mount.
+pub const XATTR_IMAGEFS_PREFIX: &str = "user.imagefs.";
+
+/// What a backend can do, declared up front so the layers above never
+/// discover it by failing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Writes are refused (EROFS).
+    pub read_only: bool,
+    /// Uploads accept writes at any offset and can be read back before commit.
+    pub random_write: bool,
+    /// `copy` and `Upload::copy_from` run inside the backend.
+    pub server_side_copy: bool,
+    /// Copies are copy-on-write clones (constant time).
+    pub cheap_clone: bool,
+    /// Images are local files (`local_path`), so reads can be passed through
+    /// to the kernel and served without a remote cache.
+    pub local_files: bool,
+    /// User xattrs, mode, owner and times persist.
+    pub metadata: bool,
+}
+
+/// What `head` and `list` report about one image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectMeta {
+    pub id: String,
+    pub size: u64,
+    /// 512-byte blocks allocated, when the backend knows (sparse images).
+    pub blocks: Option<u64>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<SystemTime>,
+    pub mtime: SystemTime,
+    pub ctime: Option<SystemTime>,
+    /// Changes whenever the content changes; keys caches.
+    pub version: String,
+}
+
+/// Attribute changes requested through chmod/chown/utimens.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SetAttrs {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
+}
+
+impl SetAttrs {
+    pub fn is_empty(&self) -> bool {
+        self == &SetAttrs::default()
+    }
+}
+
+/// Capacity of a store, in bytes and objects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatFs {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub avail_bytes: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub block_size: u32,
+    pub name_max: u32,
+}
+
+/// How an upload starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadMode {
+    /// A new image: fails with AlreadyExists if the id exists or another
+    /// writer (on any mount) is creating it; commit never replaces.
+    New,
+    /// Replaces the image's content with what is written (O_TRUNC).
+    Replace,
+    /// Starts from the image's current content (copy-on-write).
+    Modify,
+}
+
+/// What the layer above computed while the data streamed, stored with the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checksums {
+    /// md5, hex (Glance's `checksum`).
+    pub md5: String,
+    /// Glance's `os_hash_algo` and `os_hash_value` (hex).
+    pub os_hash_algo: String,
+    pub os_hash_value: String,
+}
+
+/// One thing `gc` found left behind by an abandoned upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    pub name: String,
+    pub bytes: u64,
+    pub age: Duration,
+    pub removed: bool,
+}
+
+/// An upload in progress: data written to it is invisible to every reader
+/// until `commit`, and `abort` (or a crash) leaves no visible image.
+#[async_trait]
+pub trait Upload: Send + Sync {
+    fn id(&self) -> &str;
+    /// Current length of the content being built.
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Writes `data` at `offset`. Stores without `random_write` accept only
+    /// `offset >= len()` (a forward gap reads as zeros).
+    async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<()>;
+    /// Reads back what is being built (stores with `random_write`).
+    async fn read_at(&self, offset: u64, len: u32) -> Result<Bytes>;
+    /// Sets the length; extending adds zeros.
+    async fn set_len(&mut self, len: u64) -> Result<()>;
+    /// Copies a range of committed image `src` of the same store into this
+    /// upload, inside the backend. Returns bytes copied.
+    async fn copy_from(&mut self, src: &str, src_offset: u64, offset: u64, len: u64)
+        -> Result<u64>;
+    /// Applies mode/owner/times to the image being built.
+    async fn set_attrs(&mut self, attrs: &SetAttrs) -> Result<()>;
+    /// Makes the content visible as image `id`, with its checksums;
+    /// `durable` also waits until data and name are on stable storage (fsync).
+    async fn commit(self: Box<Self>, sums: Option<Checksums>, durable: bool) -> Result<ObjectMeta>;
+    /// Drops everything written.
+    async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// One backend. Image ids are plain names (no '/'); every call is safe to
+/// run concurrently.
+#[async_trait]
+pub trait Store: Send + Sync {
+    fn name(&self) -> &str;
+    fn type_name(&self) -> &'static str;
+    fn capabilities(&self) -> Capabilities;
+    /// Glance location URI of image `id` (without secrets).
+    fn location(&self, id: &str) -> String;
+    /// The local file holding committed image `id` (stores with `local_files`).
+    fn local_path(&self, _id: &str) -> Option<PathBuf> {
+        None
+    }
+    /// Mode, owner and times of the store's directory, when the backend has one.
+    async fn root_attrs(&self) -> Result<Option<ObjectMeta>> {
+        Ok(None)
+    }
+    /// chmod/chown/utimens on the store's directory.
+    async fn set_root_attrs(&self, _attrs: &SetAttrs) -> Result<()> {
+        Err(StoreError::NotSupported(
+            "attributes of the store directory",
+        ))
+    }
+    /// Every committed image.
+    async fn list(&self) -> Result<Vec<ObjectMeta>>;
+    async fn head(&self, id: &str) -> Result<ObjectMeta>;
+    /// Reads `len` bytes at `offset` (fewer at the end of the image).
+    async fn read(&self, id: &str, offset: u64, len: u32) -> Result<Bytes>;
+    async fn create_upload(&self, id: &str, mode: UploadMode) -> Result<Box<dyn Upload>>;
+    async fn delete(&self, id: &str) -> Result<()>;
+    /// Renames inside the store; `replace` false fails with AlreadyExists.
+    async fn rename(&self, from: &str, to: &str, replace: bool) -> Result<()>;
+    /// Server-side copy of a whole committed image to a new id.
+    async fn copy(&self, from: &str, to: &str) -> Result<()>;
+    async fn set_attrs(&self, id: &str, attrs: &SetAttrs) -> Result<()>;
+    async fn get_xattr(&self, id: &str, name: &str) -> Result<Vec<u8>>;
+    async fn list_xattrs(&self, id: &str) -> Result<Vec<String>>;
+    async fn set_xattr(&self, id: &str, name: &str, value: &[u8], mode: XattrMode) -> Result<()>;
+    async fn remove_xattr(&self, id: &str, name: &str) -> Result<()>;
+    async fn statfs(&self) -> Result<StatFs>;
+    /// Finds (and unless `dry_run`, removes) what uploads abandoned more than
+    /// `older_than` ago left behind; never touches a live upload.
+    async fn gc(&self, older_than: Duration, dry_run: bool) -> Result<Vec<Leftover>>;
+}
+
+/// setxattr's XATTR_CREATE / XATTR_REPLACE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrMode {
+    Any,
+    Create,
+    Replace,
+}
+
+/// Checks that `id` can name an image: non-empty, no '/', not '.' or '..',
+/// not reserved for temp files, at most 255 bytes.
+pub fn validate_id(id: &str) -> Result<()> {
+    if id.is_empty() || id == "." || id == ".." || id.contains('/') || id.contains('\0') {
+        return Err(StoreError::InvalidInput(format!(
+            "{id:?} is not an image id"
+        )));
+    }
+    if id.len() > 255 {
+        return Err(StoreError::InvalidInput(
+            "image id longer than 255 bytes".into(),
+        ));
+    }
+    if id.starts_with(TEMP_PREFIX) {
+        return Err(StoreError::InvalidInput(format!(
+            "{id:?}: names starting with {TEMP_PREFIX} are reserved"
+        )));
+    }
+    Ok(())
+}
+
+/// Opens the backend a store's config names. Backends not built yet fail
+/// with a clear error naming the store.
+pub fn open(cfg: &StoreConfig) -> std::result::Result<Arc<dyn Store>, String> {
+    match &cfg.backend {
+        BackendConfig::File(f) => file::FileStore::open(&cfg.name, f)
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| format!("store {:?} (file): {e}", cfg.name)),
+        other => Err(format!(
+            "store {:?}: type {:?} is not supported yet by this build of imagefs",
+            cfg.name,
+            other.type_name()
+        )),
+    }
+}
