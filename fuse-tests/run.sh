@@ -37,6 +37,9 @@ ALL_TESTS=(
     commit_at_close
     backend_image_visible
     exclusive_create
+    times_stable_after_create
+    unlink_while_open
+    name_max
     errno_mkdir
     errno_symlink
     errno_link_mkfifo
@@ -98,9 +101,14 @@ daemon_alive() { local p; p=$(daemon_pid) && [ -n "$p" ] && kill -0 "$p" 2>/dev/
 
 do_mount() { # do_mount [MOUNTPOINT [extra args...]]
     local mnt=${1:-$MNT}; shift || true
-    echo "+ imagefs mount $mnt --config $CFG $* -o $MOUNT_OPTS" >>"$LOG"
+    local logopt=()
+    # the daemon's own log (--log-file), one per mount point
+    if "$BINARY" mount --help 2>/dev/null | grep -q -- --log-file; then
+        logopt=(--log-file "$STATE/daemon-$(basename "$mnt").log")
+    fi
+    echo "+ imagefs mount $mnt --config $CFG $* -o $MOUNT_OPTS ${logopt[*]}" >>"$LOG"
     timeout 60 "$BINARY" mount "$mnt" --config "$CFG" --pid-file "$PIDFILE" \
-        -o "$MOUNT_OPTS" "$@" >>"$LOG" 2>&1
+        -o "$MOUNT_OPTS" "${logopt[@]}" "$@" >>"$LOG" 2>&1
     local rc=$?
     if [ $rc -ne 0 ]; then echo "mount of $mnt failed (exit $rc); see $LOG" >&2; return 1; fi
     if ! is_mounted "$mnt"; then
@@ -447,6 +455,107 @@ t_exclusive_create() {
     assert_eq "$(cat "$SA/$id")" hello "image content after the failed exclusive create"
 }
 
+t_times_stable_after_create() {
+    # The times a new image shows right after close are the ones it keeps:
+    # they must not change when the attribute cache (attr_ttl_ms) expires.
+    python3 - "$SA/$(newid)" "$SA/$(newid)" <<'EOF2'
+import os, sys, time
+bad = []
+for path, data in ((sys.argv[1], b""), (sys.argv[2], b"x" * 100000)):
+    with open(path, "wb") as f:
+        f.write(data)
+    s0 = os.stat(path)
+    time.sleep(1.5)  # > attr_ttl_ms
+    s1 = os.stat(path)
+    for k in ("st_mtime_ns", "st_ctime_ns"):
+        if getattr(s0, k) != getattr(s1, k):
+            bad.append(f"{len(data)}-byte image: {k} {getattr(s0, k)} right after close, "
+                       f"{getattr(s1, k)} 1.5 s later")
+if bad:
+    sys.exit("FAIL: times changed with no change to the image: " + "; ".join(bad))
+EOF2
+}
+
+t_unlink_while_open() {
+    # POSIX: an unlinked file stays usable through descriptors already open;
+    # fstat shows st_nlink 0. Checked for a new image being written, a
+    # committed image open read-write, and one open read-only.
+    python3 - "$SA" <<'EOF2'
+import os, sys
+d = sys.argv[1]
+bad = []
+def check(name, content, flags):
+    p = os.path.join(d, name)
+    if content is not None:
+        with open(p, "wb") as f:
+            f.write(content)
+    fd = os.open(p, flags, 0o644)
+    try:
+        os.unlink(p)
+        try:
+            st = os.fstat(fd)
+            if st.st_nlink != 0:
+                bad.append(f"{name}: fstat st_nlink {st.st_nlink} after unlink, expected 0")
+        except OSError as e:
+            bad.append(f"{name}: fstat after unlink: {e.strerror}")
+        try:
+            if flags & os.O_RDWR:
+                os.pwrite(fd, b"Hello", 0)
+                want = b"Hello"
+            else:
+                want = content[:5]
+            got = os.pread(fd, 5, 0)
+            if got != want:
+                bad.append(f"{name}: read {got!r} after unlink, expected {want!r}")
+        except OSError as e:
+            bad.append(f"{name}: I/O after unlink: {e.strerror}")
+    finally:
+        os.close(fd)
+    if os.path.exists(p):
+        bad.append(f"{name}: visible again after close")
+base = os.urandom(8).hex()
+check("unl-new-" + base, None, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+check("unl-rw-" + base, b"committed data", os.O_RDWR)
+check("unl-ro-" + base, b"committed data", os.O_RDONLY)
+if bad:
+    sys.exit("FAIL: " + "; ".join(bad))
+EOF2
+}
+
+t_name_max() {
+    # names longer than statvfs f_namemax: ENAMETOOLONG for every operation
+    python3 - "$SA" <<'EOF2'
+import errno, os, sys
+d = sys.argv[1]
+nmax = os.statvfs(d).f_namemax
+print(f"  f_namemax = {nmax}")
+ok = os.path.join(d, "n" * nmax)
+long = os.path.join(d, "m" * (nmax + 1))
+open(ok, "wb").close()
+bad = []
+def want(what, f):
+    try:
+        f()
+        bad.append(f"{what}: succeeded")
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            bad.append(f"{what}: {errno.errorcode.get(e.errno, e.errno)}")
+want("create", lambda: open(long, "wb").close())
+want("stat", lambda: os.stat(long))
+want("unlink", lambda: os.unlink(long))
+want("chmod", lambda: os.chmod(long, 0o600))
+want("truncate", lambda: os.truncate(long, 0))
+want("rename onto", lambda: os.rename(ok, long))
+for p in (ok, long):
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+if bad:
+    sys.exit(f"FAIL: names of f_namemax+1 = {nmax + 1} bytes, expected ENAMETOOLONG: " + "; ".join(bad))
+EOF2
+}
+
 timed_errno() { # timed_errno EXPECTED WHAT 'PY' ARGS...: errno and < 2 s
     local exp=$1 what=$2 code=$3 t0 t1 e; shift 3
     t0=$(date +%s%N)
@@ -713,7 +822,7 @@ setup_env() {
 # internal: run one test in this (fresh) process
 if [ "${1:-}" = "--_run-one" ]; then
     set -Eeuo pipefail
-    trap 'echo "  command failed (exit $?) at line $LINENO: $BASH_COMMAND" >&2' ERR
+    trap 'echo "  command failed (exit $?) at line $LINENO: ${BASH_COMMAND%%$'"'"'\n'"'"'*}" >&2' ERR
     cd "$WORK"
     "t_$2"
     exit 0
@@ -759,7 +868,7 @@ fi
 
 STATE=$(mktemp -d "${TMPDIR:-/tmp}/imagefs-fusetests.XXXXXX")
 chmod 755 "$STATE"
-MNT="$STATE/mnt"; CFG="$STATE/imagefs.toml"; LOG="$STATE/daemon.log"
+MNT="$STATE/mnt"; CFG="$STATE/imagefs.toml"; LOG="$STATE/mount.log"
 PIDFILE="$STATE/imagefs.pid"; WORK="$STATE/work"
 mkdir -p "$MNT" "$WORK" "$STATE/logs"
 setup_env
@@ -772,8 +881,9 @@ cleanup() {
         echo "state kept in $STATE"
     elif [ "${FAILED:-0}" -gt 0 ]; then
         backend teardown >/dev/null 2>&1
-        rm -rf "$STATE/data" "$WORK"/*.raw "$MNT" 2>/dev/null
-        echo "logs kept in $STATE (daemon log: $LOG)"
+        rm -rf "$STATE/data" "$WORK"/*.raw 2>/dev/null
+        is_mounted "$MNT" || rmdir "$MNT" 2>/dev/null
+        echo "logs kept in $STATE (logs/, mount.log, daemon-*.log)"
     else
         backend teardown >/dev/null 2>&1
         rm -rf "$STATE"
