@@ -18,6 +18,18 @@ impl Readiness {
         Readiness { pipe: None }
     }
 
+    /// A problem that does not stop the mount (e.g. one store left out): the
+    /// parent prints it before exiting.
+    pub fn warn(&mut self, message: &str) {
+        tracing::warn!("{message}");
+        match &mut self.pipe {
+            Some(p) => {
+                let _ = p.write_all(format!("warning: {message}\n").as_bytes());
+            }
+            None => eprintln!("imagefs: warning: {message}"),
+        }
+    }
+
     /// Mounted: the parent exits 0; systemd hears READY=1.
     pub fn ready(&mut self) {
         notify_systemd("READY=1");
@@ -70,6 +82,12 @@ pub fn detach(log_file: Option<&Path>) -> io::Result<Readiness> {
             drop(tx);
             let mut msg = Vec::new();
             let _ = rx.read_to_end(&mut msg);
+            // Warnings come first, one per line; then NUL (mounted) or the error.
+            let mut lines = msg.split_inclusive(|b| *b == b'\n').peekable();
+            while let Some(l) = lines.next_if(|l| l.starts_with(b"warning: ")) {
+                eprint!("imagefs: {}", String::from_utf8_lossy(l));
+            }
+            let msg: Vec<u8> = lines.flatten().copied().collect();
             if msg == b"\0" {
                 std::process::exit(0);
             }
@@ -113,12 +131,10 @@ fn notify_systemd(state: &str) {
 pub fn mount_device(mountpoint: &Path) -> Option<String> {
     let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
     let want = mountpoint.to_string_lossy();
-    info.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() > 4 && f[4] == want).then(|| f[2].to_string())
-        })
-        .last()
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && f[4] == want).then(|| f[2].to_string())
+    })
 }
 
 /// Sets the kernel read-ahead of the mount (the bdi FUSE registers for it).

@@ -97,22 +97,18 @@ fn load_config(args: &ConfigArgs) -> Result<Config, String> {
 }
 
 /// Opens every configured store; a store whose type is not built yet (or
-/// that fails to open) is reported and left out, the others still work.
-fn open_stores(cfg: &Config) -> Result<Vec<Arc<dyn Store>>, String> {
+/// that fails to open) is returned apart, with the reason, and the others
+/// still work.
+fn open_stores(cfg: &Config) -> (Vec<Arc<dyn Store>>, Vec<String>) {
     let mut stores = Vec::new();
+    let mut failed = Vec::new();
     for s in &cfg.stores {
         match store::open(s) {
             Ok(st) => stores.push(st),
-            Err(e) => {
-                tracing::error!("{e}");
-                eprintln!("imagefs: {e}");
-            }
+            Err(e) => failed.push(e),
         }
     }
-    if stores.is_empty() {
-        return Err("no store could be opened".into());
-    }
-    Ok(stores)
+    (stores, failed)
 }
 
 fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
@@ -176,7 +172,13 @@ fn serve(
     ready: &mut Readiness,
 ) -> Result<(), String> {
     let rt = runtime(cfg.mount.threads).map_err(|e| format!("tokio runtime: {e}"))?;
-    let stores = open_stores(cfg)?;
+    let (stores, failed) = open_stores(cfg);
+    if stores.is_empty() {
+        return Err(format!("no store could be opened: {}", failed.join("; ")));
+    }
+    for f in &failed {
+        ready.warn(&format!("{f}; mounting the other stores"));
+    }
     let single_store = match &store_name {
         Some(n) => Some(
             stores
@@ -192,7 +194,7 @@ fn serve(
             attr_ttl: cfg.mount.attr_ttl,
             passthrough: cfg.mount.passthrough,
             read_only: opts.read_only,
-            hashing: cfg.mount.hashing_algorithm,
+            hashing: cfg.mount.checksums.then_some(cfg.mount.hashing_algorithm),
             owner: OwnerOverride {
                 uid: opts.uid,
                 gid: opts.gid,
@@ -266,7 +268,7 @@ fn main() -> ExitCode {
         Cmd::Check { config } => {
             init_logging();
             load_config(&config).and_then(|cfg| {
-                let stores = open_stores(&cfg)?;
+                let (stores, failed) = open_stores(&cfg);
                 let rt = runtime(2).map_err(|e| e.to_string())?;
                 let rows = rt.block_on(async {
                     let mut rows = Vec::new();
@@ -276,7 +278,10 @@ fn main() -> ExitCode {
                     rows
                 });
                 print!("{}", admin::format_table(&rows));
-                if rows.iter().all(|r| r.reachable.is_ok()) && stores.len() == cfg.stores.len() {
+                for f in &failed {
+                    println!("{f}");
+                }
+                if rows.iter().all(|r| r.reachable.is_ok()) && failed.is_empty() {
                     Ok(())
                 } else {
                     Err("some stores are not usable".into())
@@ -290,7 +295,10 @@ fn main() -> ExitCode {
         } => {
             init_logging();
             load_config(&config).and_then(|cfg| {
-                let stores = open_stores(&cfg)?;
+                let (stores, failed) = open_stores(&cfg);
+                for f in &failed {
+                    eprintln!("imagefs: {f}");
+                }
                 let rt = runtime(2).map_err(|e| e.to_string())?;
                 rt.block_on(admin::gc(&stores, older_than, dry_run))
             })

@@ -5,6 +5,7 @@
 
 mod error;
 mod glance;
+mod rules;
 mod secret;
 mod toml_file;
 
@@ -48,6 +49,10 @@ pub struct MountConfig {
     pub read_ahead_kb: u32,
     /// Glance's `hashing_algorithm` for `os_hash_value` (default sha512).
     pub hashing_algorithm: HashAlgorithm,
+    /// Compute md5 and os_hash_value of every image written (`checksums`,
+    /// default true). Off for a Glance file store backend: Glance computes
+    /// them itself, and hashing bounds the write rate on small machines.
+    pub checksums: bool,
 }
 
 impl Default for MountConfig {
@@ -58,6 +63,7 @@ impl Default for MountConfig {
             passthrough: true,
             read_ahead_kb: 1024,
             hashing_algorithm: HashAlgorithm::Sha512,
+            checksums: true,
         }
     }
 }
@@ -202,6 +208,16 @@ pub struct SwiftStoreConfig {
     pub key: Secret,
     pub project_domain_id: Option<String>,
     pub user_domain_id: Option<String>,
+    /// Keystone v3 domains by name (`project_domain_name`, `user_domain_name`
+    /// in the swift store config file), when given instead of the ids.
+    pub project_domain_name: Option<String>,
+    pub user_domain_name: Option<String>,
+    /// `swift_store_region`: region of the object-store endpoint in the catalog.
+    pub region: Option<String>,
+    /// `swift_store_endpoint`: use this storage URL instead of the catalog's.
+    pub endpoint: Option<String>,
+    /// `swift_store_endpoint_type`: publicURL (default), adminURL or internalURL.
+    pub endpoint_type: String,
     /// `swift_store_container` (default glance).
     pub container: String,
     /// `swift_store_multiple_containers_seed` (default 0).
@@ -251,8 +267,18 @@ pub struct CinderStoreConfig {
     pub user_name: Option<String>,
     pub password: Option<Secret>,
     pub project_name: Option<String>,
+    /// `cinder_store_user_domain_name` (default Default).
+    pub user_domain_name: String,
+    /// `cinder_store_project_domain_name` (default Default).
+    pub project_domain_name: String,
+    /// `cinder_os_region_name`: region used to pick the endpoint in the catalog.
+    pub region_name: Option<String>,
     pub volume_type: Option<String>,
     pub state_transition_timeout: Duration,
+    /// `cinder_api_insecure` (default false).
+    pub insecure: bool,
+    /// `cinder_ca_certificates_file`.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `type = "http"`: read-only images served by a web server.

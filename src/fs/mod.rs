@@ -7,8 +7,12 @@ mod attr;
 mod error;
 mod hash;
 mod inode;
+#[cfg(test)]
+mod model_tests;
 mod open;
 mod staging;
+#[cfg(test)]
+mod tests;
 
 pub use attr::{Attr, FileKind, OwnerOverride};
 pub use error::{errno_of, FsError, FsResult};
@@ -42,7 +46,8 @@ pub struct FsOptions {
     pub passthrough: bool,
     /// Mounted read-only (`-o ro`).
     pub read_only: bool,
-    pub hashing: HashAlgorithm,
+    /// Algorithm of os_hash_value; None turns checksums off.
+    pub hashing: Option<HashAlgorithm>,
     pub owner: OwnerOverride,
     /// Mount only this store's directory as the root (`--store`).
     pub single_store: Option<usize>,
@@ -76,6 +81,10 @@ pub struct DirEntry {
 /// Filesystem statistics.
 pub type FsStat = StatFs;
 
+/// An open directory listing: the store listed (None for the root) and the
+/// snapshot readdir pages through.
+type OpenDir = (Option<usize>, Arc<Vec<DirEntry>>);
+
 struct ListingCache {
     at: Instant,
     items: Arc<Vec<ObjectMeta>>,
@@ -87,8 +96,7 @@ pub struct ImageFs {
     opts: FsOptions,
     inodes: Inodes,
     handles: Mutex<HashMap<u64, Handle>>,
-    /// Open directory listings: (store listed, snapshot).
-    dirs: Mutex<HashMap<u64, (Option<usize>, Arc<Vec<DirEntry>>)>>,
+    dirs: Mutex<HashMap<u64, OpenDir>>,
     listings: Vec<Mutex<Option<ListingCache>>>,
     next_fh: AtomicU64,
     /// The kernel accepted FUSE passthrough at init.

@@ -51,10 +51,12 @@ impl Staging {
         upload: Box<dyn Upload>,
         mode: UploadMode,
         attrs: StagedAttrs,
-        algo: HashAlgorithm,
+        algo: Option<HashAlgorithm>,
     ) -> Staging {
         // Modify starts from existing content the hasher has not seen.
-        let hasher = (mode != UploadMode::Modify).then(|| StreamHasher::new(algo));
+        let hasher = algo
+            .filter(|_| mode != UploadMode::Modify)
+            .map(StreamHasher::new);
         Staging {
             upload,
             mode,
@@ -145,13 +147,17 @@ impl Staging {
         self.attrs.ctime = now;
     }
 
-    /// Publishes the staged image with its checksums.
+    /// Publishes the staged image with its checksums (none when `algo` is
+    /// None: checksums are off).
     pub async fn commit(
         self,
         store: &dyn Store,
-        algo: HashAlgorithm,
+        algo: Option<HashAlgorithm>,
         durable: bool,
     ) -> Result<ObjectMeta> {
+        let Some(algo) = algo else {
+            return self.upload.commit(None, durable).await;
+        };
         let len = self.upload.len();
         let sums = match (self.hasher, &self.copy_of) {
             (Some(mut h), _) => {

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The full test command: installs everything, starts the real backends the
+# tests need, and runs every test: format and lint, unit tests, the store
+# conformance suite, and the FUSE tests driving real tools against the
+# release binary. Ends with a line "N passed, N failed". CI runs this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+step() { printf '\n==== %s (%ss)\n' "$*" "$(($(date +%s) - start))"; }
+
+step "install dependencies"
+bash scripts/install-deps.sh
+
+# Real backends: the file store needs none (a local directory); later
+# backends add their start scripts here, and a backend that fails to start
+# fails this command.
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --release --locked --all-targets -- -D warnings
+
+step "build (release)"
+cargo build --release --locked
+
+step "unit tests and store conformance"
+cargo test --release --locked 2>&1 | tee /tmp/imagefs-cargo-test.log
+unit_passed=$(awk '/^test result:/ {p += $4} END {print p + 0}' /tmp/imagefs-cargo-test.log)
+unit_failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' /tmp/imagefs-cargo-test.log)
+
+step "FUSE tests (file store)"
+set +e
+bash fuse-tests/run.sh --store-type file --binary target/release/imagefs 2>&1 | tee /tmp/imagefs-fuse-tests.log
+fuse_rc=${PIPESTATUS[0]}
+set -e
+fuse_line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' /tmp/imagefs-fuse-tests.log | tail -1)
+fuse_passed=$(echo "${fuse_line:-0 passed, 1 failed}" | awk '{print $1}')
+fuse_failed=$(echo "${fuse_line:-0 passed, 1 failed}" | awk '{print $3}')
+if [ "$fuse_rc" -ne 0 ] && [ "$fuse_failed" -eq 0 ]; then fuse_failed=1; fi
+
+step "done"
+echo "unit+conformance: $unit_passed passed, $unit_failed failed; fuse-tests: $fuse_passed passed, $fuse_failed failed"
+echo "$((unit_passed + fuse_passed)) passed, $((unit_failed + fuse_failed)) failed"
+[ "$((unit_failed + fuse_failed))" -eq 0 ]

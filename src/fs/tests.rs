@@ -1,0 +1,344 @@
+//! The fs core driven directly (no FUSE) over file stores in temp dirs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::config::FileStoreConfig;
+use crate::store::file::FileStore;
+use crate::store::{XATTR_CHECKSUM, XATTR_OS_HASH_VALUE};
+
+struct Rig {
+    fs: ImageFs,
+    dirs: Vec<PathBuf>,
+    _tmp: tempfile::TempDir,
+}
+
+fn rig_with(tmp: tempfile::TempDir, names: &[&str]) -> Rig {
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    let mut dirs = Vec::new();
+    for n in names {
+        let dir = tmp.path().join(n);
+        let cfg = FileStoreConfig {
+            datadir: dir.clone(),
+            file_perm: None,
+            chunk_size: 65536,
+            thin_provisioning: false,
+        };
+        stores.push(Arc::new(FileStore::open(n, &cfg).unwrap()));
+        dirs.push(dir);
+    }
+    let fs = ImageFs::new(
+        stores,
+        FsOptions {
+            attr_ttl: Duration::from_millis(0),
+            passthrough: false,
+            read_only: false,
+            hashing: Some(HashAlgorithm::Sha512),
+            owner: OwnerOverride::default(),
+            single_store: None,
+        },
+    );
+    Rig {
+        fs,
+        dirs,
+        _tmp: tmp,
+    }
+}
+
+fn rig() -> Rig {
+    rig_with(tempfile::tempdir().unwrap(), &["a", "b"])
+}
+
+const A: u64 = 2; // inode of store "a"
+const B: u64 = 3;
+
+fn md5_hex(data: &[u8]) -> String {
+    hex::encode(openssl::hash::hash(openssl::hash::MessageDigest::md5(), data).unwrap())
+}
+
+async fn create(fs: &ImageFs, dir: u64, name: &str) -> (u64, u64) {
+    let (attr, opened) = fs
+        .create(
+            dir,
+            name,
+            0o644,
+            0o022,
+            libc::O_WRONLY | libc::O_CREAT,
+            Caller::default(),
+        )
+        .await
+        .unwrap();
+    (attr.ino, opened.fh)
+}
+
+async fn close(fs: &ImageFs, fh: u64) -> FsResult<()> {
+    let r = fs.flush(fh).await;
+    fs.release(fh).await;
+    r
+}
+
+async fn read_all(fs: &ImageFs, ino: u64) -> Vec<u8> {
+    let fh = fs.open(ino, libc::O_RDONLY).await.unwrap().fh;
+    let mut out = Vec::new();
+    loop {
+        let chunk = fs.read(fh, out.len() as u64, 1 << 20).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&chunk);
+    }
+    fs.release(fh).await;
+    out
+}
+
+fn on_disk(dir: &Path, name: &str) -> Option<Vec<u8>> {
+    std::fs::read(dir.join(name)).ok()
+}
+
+#[tokio::test]
+async fn a_new_image_appears_only_when_closed_with_its_checksums() {
+    let r = rig();
+    let (ino, fh) = create(&r.fs, A, "img").await;
+    r.fs.write(fh, 0, Bytes::from_static(b"hello "))
+        .await
+        .unwrap();
+    r.fs.write(fh, 6, Bytes::from_static(b"world"))
+        .await
+        .unwrap();
+    assert_eq!(
+        on_disk(&r.dirs[0], "img"),
+        None,
+        "not visible before commit"
+    );
+    assert_eq!(
+        r.fs.getattr(ino).await.unwrap().size,
+        11,
+        "the writer sees its size"
+    );
+    let listed = r.fs.opendir(A).await.unwrap();
+    let mut names = Vec::new();
+    r.fs.readdir(listed, 0, false, |_, e| {
+        names.push(e.name.clone());
+        true
+    })
+    .unwrap();
+    assert!(
+        names.contains(&"img".to_string()),
+        "pending image listed here"
+    );
+    close(&r.fs, fh).await.unwrap();
+    assert_eq!(on_disk(&r.dirs[0], "img").unwrap(), b"hello world");
+    let sum = r.fs.getxattr(ino, XATTR_CHECKSUM).await.unwrap();
+    assert_eq!(String::from_utf8(sum).unwrap(), md5_hex(b"hello world"));
+    let loc = r.fs.getxattr(ino, XATTR_LOCATION).await.unwrap();
+    assert_eq!(
+        String::from_utf8(loc).unwrap(),
+        format!("file://{}/img", r.dirs[0].canonicalize().unwrap().display())
+    );
+}
+
+#[tokio::test]
+async fn thin_provisioned_writes_hash_like_the_full_image() {
+    let r = rig();
+    let (ino, fh) = create(&r.fs, A, "thin").await;
+    // Glance: 64 KiB chunks, zero chunks skipped by seeking, truncate at end.
+    let chunk = vec![7u8; 65536];
+    r.fs.write(fh, 0, Bytes::from(chunk.clone())).await.unwrap();
+    r.fs.write(fh, 3 * 65536, Bytes::from(chunk.clone()))
+        .await
+        .unwrap();
+    r.fs.setattr(
+        ino,
+        Some(fh),
+        SetAttrRequest {
+            size: Some(6 * 65536),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    close(&r.fs, fh).await.unwrap();
+    let mut want = vec![0u8; 6 * 65536];
+    want[..65536].copy_from_slice(&chunk);
+    want[3 * 65536..4 * 65536].copy_from_slice(&chunk);
+    assert_eq!(on_disk(&r.dirs[0], "thin").unwrap(), want);
+    let sum = r.fs.getxattr(ino, XATTR_CHECKSUM).await.unwrap();
+    assert_eq!(String::from_utf8(sum).unwrap(), md5_hex(&want));
+}
+
+#[tokio::test]
+async fn random_writes_are_copy_on_write_and_rehashed() {
+    let r = rig();
+    let (ino, fh) = create(&r.fs, A, "img").await;
+    r.fs.write(fh, 0, Bytes::from(vec![1u8; 100_000]))
+        .await
+        .unwrap();
+    close(&r.fs, fh).await.unwrap();
+    let fh = r.fs.open(ino, libc::O_RDWR).await.unwrap().fh;
+    r.fs.write(fh, 10, Bytes::from_static(b"XY")).await.unwrap();
+    // Readers elsewhere (the directory) still see the committed version.
+    assert_eq!(on_disk(&r.dirs[0], "img").unwrap(), vec![1u8; 100_000]);
+    close(&r.fs, fh).await.unwrap();
+    let mut want = vec![1u8; 100_000];
+    want[10..12].copy_from_slice(b"XY");
+    assert_eq!(read_all(&r.fs, ino).await, want);
+    let sum = r.fs.getxattr(ino, XATTR_CHECKSUM).await.unwrap();
+    assert_eq!(String::from_utf8(sum).unwrap(), md5_hex(&want));
+    let sha = r.fs.getxattr(ino, XATTR_OS_HASH_VALUE).await.unwrap();
+    let want_sha = hex::encode(openssl::sha::sha512(&want));
+    assert_eq!(String::from_utf8(sha).unwrap(), want_sha);
+}
+
+#[tokio::test]
+async fn truncate_on_open_replaces_the_content() {
+    let r = rig();
+    let (ino, fh) = create(&r.fs, A, "img").await;
+    r.fs.write(fh, 0, Bytes::from_static(b"long old content"))
+        .await
+        .unwrap();
+    close(&r.fs, fh).await.unwrap();
+    let fh =
+        r.fs.open(ino, libc::O_WRONLY | libc::O_TRUNC)
+            .await
+            .unwrap()
+            .fh;
+    r.fs.write(fh, 0, Bytes::from_static(b"new")).await.unwrap();
+    close(&r.fs, fh).await.unwrap();
+    assert_eq!(on_disk(&r.dirs[0], "img").unwrap(), b"new");
+}
+
+#[tokio::test]
+async fn namespace_rules_and_errnos() {
+    let r = rig();
+    let (_, fh) = create(&r.fs, A, "img").await;
+    close(&r.fs, fh).await.unwrap();
+    let e =
+        r.fs.rename(A, "img", B, "img", false, false)
+            .await
+            .unwrap_err();
+    assert_eq!(e.errno, libc::EXDEV);
+    assert_eq!(r.fs.mkdir(A, "d").await.unwrap_err().errno, libc::EPERM);
+    assert_eq!(r.fs.rmdir(A, "img").await.unwrap_err().errno, libc::ENOTDIR);
+    assert_eq!(
+        r.fs.unsupported_node(A, "symlink").await.unwrap_err().errno,
+        libc::EPERM
+    );
+    let e =
+        r.fs.create(ROOT_INO, "x", 0o644, 0, libc::O_WRONLY, Caller::default())
+            .await
+            .unwrap_err();
+    assert_eq!(e.errno, libc::EPERM);
+    let e =
+        r.fs.create(
+            A,
+            ".imagefs-tmp-x",
+            0o644,
+            0,
+            libc::O_WRONLY,
+            Caller::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EINVAL);
+    let e =
+        r.fs.create(
+            A,
+            "img",
+            0o644,
+            0,
+            libc::O_WRONLY | libc::O_EXCL,
+            Caller::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EEXIST);
+    assert_eq!(
+        r.fs.lookup(A, "nope").await.unwrap_err().errno,
+        libc::ENOENT
+    );
+    let ino = r.fs.lookup(A, "img").await.unwrap().ino;
+    let e = r.fs.getxattr(ino, "security.capability").await.unwrap_err();
+    assert_eq!(e.errno, libc::ENODATA);
+    // Computed attributes: a copy carrying them over is accepted, removal is not.
+    r.fs.setxattr(ino, XATTR_CHECKSUM, b"bogus", 0)
+        .await
+        .unwrap();
+    assert_ne!(r.fs.getxattr(ino, XATTR_CHECKSUM).await.unwrap(), b"bogus");
+    assert_eq!(
+        r.fs.removexattr(ino, XATTR_CHECKSUM)
+            .await
+            .unwrap_err()
+            .errno,
+        libc::EPERM
+    );
+    r.fs.rename(A, "img", A, "img2", true, false).await.unwrap();
+    assert!(on_disk(&r.dirs[0], "img2").is_some());
+    r.fs.unlink(A, "img2").await.unwrap();
+    assert!(on_disk(&r.dirs[0], "img2").is_none());
+}
+
+#[tokio::test]
+async fn two_mounts_cannot_create_the_same_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().to_path_buf();
+    let one = rig_with(tmp, &["a"]);
+    // A second "mount" of the same directory.
+    let cfg = FileStoreConfig {
+        datadir: path.join("a"),
+        file_perm: None,
+        chunk_size: 65536,
+        thin_provisioning: false,
+    };
+    let other = ImageFs::new(
+        vec![Arc::new(FileStore::open("a", &cfg).unwrap())],
+        one.fs.options().clone(),
+    );
+    let (_, fh) = create(&one.fs, A, "race").await;
+    let e = other
+        .create(A, "race", 0o644, 0, libc::O_WRONLY, Caller::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EEXIST);
+    close(&one.fs, fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn unlinking_an_image_being_created_leaves_nothing() {
+    let r = rig();
+    let (_, fh) = create(&r.fs, A, "gone").await;
+    r.fs.write(fh, 0, Bytes::from_static(b"data"))
+        .await
+        .unwrap();
+    r.fs.unlink(A, "gone").await.unwrap();
+    close(&r.fs, fh).await.unwrap();
+    let left: Vec<_> = std::fs::read_dir(&r.dirs[0]).unwrap().collect();
+    assert!(left.is_empty(), "leftovers: {left:?}");
+}
+
+#[tokio::test]
+async fn server_side_copy_reuses_the_source_checksums() {
+    let r = rig();
+    let (src, fh) = create(&r.fs, A, "src").await;
+    let body = vec![9u8; 300_000];
+    r.fs.write(fh, 0, Bytes::from(body.clone())).await.unwrap();
+    close(&r.fs, fh).await.unwrap();
+    let sfh = r.fs.open(src, libc::O_RDONLY).await.unwrap().fh;
+    let (dst, dfh) = create(&r.fs, A, "dst").await;
+    let n = r.fs.copy_file_range(sfh, 0, dfh, 0, 1 << 30).await.unwrap();
+    assert_eq!(n, body.len() as u64);
+    close(&r.fs, dfh).await.unwrap();
+    r.fs.release(sfh).await;
+    assert_eq!(on_disk(&r.dirs[0], "dst").unwrap(), body);
+    assert_eq!(
+        r.fs.getxattr(dst, XATTR_CHECKSUM).await.unwrap(),
+        md5_hex(&body).into_bytes()
+    );
+    // Across stores the kernel must fall back to a plain copy.
+    let sfh = r.fs.open(src, libc::O_RDONLY).await.unwrap().fh;
+    let (_, bfh) = create(&r.fs, B, "x").await;
+    let e = r.fs.copy_file_range(sfh, 0, bfh, 0, 10).await.unwrap_err();
+    assert_eq!(e.errno, libc::EXDEV);
+}
