@@ -24,11 +24,12 @@ done
 
 # Debian packages:
 #   fuse3, libfuse3-dev, pkg-config : mounting (fusermount3) and building fuser
+#   libssl-dev : the openssl crate (checksums through libcrypto)
 #   rsync, qemu-utils, attr, pv, coreutils, python3, util-linux, procps,
 #   diffutils, psmisc : the tools the tests drive
 #   rclone : peer filesystem for benchmarks
 #   patch : applies fuse-tests/pjdfstest-flat.patch
-pkgs=(fuse3 libfuse3-dev pkg-config rsync qemu-utils attr rclone pv coreutils
+pkgs=(fuse3 libfuse3-dev pkg-config libssl-dev rsync qemu-utils attr rclone pv coreutils
       python3 util-linux procps diffutils psmisc patch)
 
 sudo=""
@@ -84,11 +85,14 @@ done
 if [ -x "$tools/bin/pjdfstest-flat" ]; then
     echo "install-deps: pjdfstest-flat present ($tools/bin/pjdfstest-flat)"
 else
-    src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/pjdfstest-0.2.2 2>/dev/null | head -1)
+    find_src() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/pjdfstest-0.2.2 2>/dev/null | head -1; }
+    src=$(find_src)
     if [ -z "$src" ]; then
-        echo "install-deps: pjdfstest-0.2.2 source not in the cargo registry; remove $tools/bin/pjdfstest and rerun" >&2
-        exit 1
+        # the registry cache was cleaned: installing again extracts the source
+        cargo install --locked --force --root "$tools" --version 0.2.2 pjdfstest
+        src=$(find_src)
     fi
+    [ -n "$src" ] || { echo "install-deps: cannot find the pjdfstest-0.2.2 source" >&2; exit 1; }
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
     cp -r "$src" "$tmp/pjdfstest"
