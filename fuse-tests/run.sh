@@ -47,6 +47,8 @@ ALL_TESTS=(
     fsx
     pjdfstest
     store_mount
+    two_mounts
+    glance_config_mount
     ro_mount
     sigterm
     check_cmd
@@ -709,6 +711,80 @@ t_store_mount() {
     if [ $got = 1 ]; then cmp -s "$src" "$m2/$id" || got=2; fi
     do_umount "$m2" || fail "unmounting the --store mount"
     [ $got = 1 ] || fail "--store b mount: image $id missing or wrong bytes (state $got)"
+}
+
+t_two_mounts() {
+    # DESIGN "several mounts, one backend": an upload in progress on one
+    # mount is invisible on the other, a second writer of the same id fails
+    # with EEXIST, and the committed image shows up on the other mount.
+    local m2="$STATE/mnt-two" id fifo w i e rc=0
+    mkdir -p "$m2"
+    local PIDFILE="$STATE/imagefs-two.pid"
+    do_mount "$m2" || fail "second mount of the same config failed"
+    id=$(newid)
+    fifo="$WORK/two.fifo"; rm -f "$fifo" "$fifo.ready"; mkfifo "$fifo"
+    head -c 3M /dev/urandom >"$WORK/two.src"
+    python3 - "$MNT/a/$id" "$fifo" "$WORK/two.src" <<'EOF2' &
+import sys
+f = open(sys.argv[1], "wb")
+f.write(open(sys.argv[3], "rb").read())
+f.flush()
+open(sys.argv[2] + ".ready", "w").close()
+open(sys.argv[2]).read()
+f.close()
+EOF2
+    w=$!
+    for i in $(seq 100); do [ -e "$fifo.ready" ] && break; sleep 0.1; done
+    if [ ! -e "$fifo.ready" ]; then echo >"$fifo"; do_umount "$m2"; fail "writer did not get going"; fi
+    sleep 1.2 # past attr_ttl_ms
+    if ls -1A "$m2/a" | grep -q "$id"; then rc=1; echo "FAIL: upload in progress on mount 1 is listed on mount 2" >&2; fi
+    e=$(errno_of 'os.stat(a[0])' "$m2/a/$id")
+    [ "$e" = ENOENT ] || { rc=1; echo "FAIL: stat on mount 2 of an upload in progress on mount 1: expected ENOENT, got $e" >&2; }
+    e=$(errno_of 'os.close(os.open(a[0], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))' "$m2/a/$id")
+    [ "$e" = EEXIST ] || { rc=1; echo "FAIL: O_EXCL create on mount 2 while mount 1 writes the id: expected EEXIST, got $e" >&2; }
+    e=$(errno_of 'f = open(a[0], "wb"); f.write(b"second writer"); f.close()' "$m2/a/$id")
+    [ "$e" = EEXIST ] || { rc=1; echo "FAIL: second writer (open wb) on mount 2 while mount 1 writes the id: expected EEXIST, got $e" >&2; }
+    echo >"$fifo"
+    wait $w || { rc=1; echo "FAIL: the first writer failed at close" >&2; }
+    for i in $(seq 30); do [ -e "$m2/a/$id" ] && break; sleep 0.2; done
+    cmp -s "$WORK/two.src" "$m2/a/$id" || { rc=1; echo "FAIL: committed image on mount 2 missing or wrong bytes" >&2; }
+    cmp -s "$WORK/two.src" <(backend cat a "$id") || { rc=1; echo "FAIL: backend object is not the first writer's bytes" >&2; }
+    do_umount "$m2" || rc=1
+    return $rc
+}
+
+t_glance_config_mount() {
+    # mount straight from a glance-api.conf (multi-store, enabled_backends)
+    if [ "$STORE_TYPE" != file ]; then note "glance-api.conf for $STORE_TYPE: not written yet, nothing checked"; return 0; fi
+    local m5="$STATE/mnt-glance" gconf="$WORK/glance-api.conf" id src got
+    cat >"$gconf" <<EOF2
+[DEFAULT]
+enabled_backends = a:file, b:file
+
+[glance_store]
+default_backend = a
+
+[a]
+filesystem_store_datadir = $(backend_file_datadir a)
+
+[b]
+filesystem_store_datadir = $(backend_file_datadir b)
+EOF2
+    src=$(data glance_conf_src 2M)
+    id=$(newid)
+    cp "$src" "$SA/$id"
+    mkdir -p "$m5"
+    local PIDFILE="$STATE/imagefs-glance.pid"
+    echo "+ imagefs mount $m5 --glance-config $gconf" >>"$LOG"
+    timeout 60 "$BINARY" mount "$m5" --glance-config "$gconf" --pid-file "$PIDFILE" \
+        -o "$MOUNT_OPTS" >>"$LOG" 2>&1 || fail "mount --glance-config failed (see $LOG)"
+    is_mounted "$m5" || fail "mount --glance-config exited 0 but nothing is mounted"
+    got=$(ls -1 "$m5" | tr '\n' ' ')
+    local ok=1 why=""
+    [ "$got" = "a b " ] || { ok=0; why="root lists '$got', expected 'a b '"; }
+    cmp -s "$src" "$m5/a/$id" || { ok=0; why="$why; image $id missing or wrong through the glance-config mount"; }
+    do_umount "$m5"
+    [ $ok = 1 ] || fail "$why"
 }
 
 t_ro_mount() {
