@@ -1,0 +1,1013 @@
+#!/usr/bin/env bash
+# imagefs FUSE test harness: mounts the real release binary on stores of one
+# type and drives real tools (cp, dd, rsync, mv, qemu-img, python, fsx,
+# pjdfstest, ...) against it. See fuse-tests/README.md.
+#
+#   fuse-tests/run.sh [--store-type file] [--binary PATH] [--quick] [--keep]
+#                     [--list] [TEST ...]
+#
+#   --store-type T  store type to test (default file; see backend_file_* below)
+#   --binary PATH   imagefs binary (default $CARGO_TARGET_DIR/release/imagefs,
+#                   else <repo>/target/release/imagefs)
+#   --quick         smaller data and fewer fsx ops (a smoke run, not the suite)
+#   --keep          keep the state directory (data, backends, logs)
+#   --list          list the tests and exit
+#   TEST ...        run only these tests (names as printed by --list)
+#
+# Prints one line per test and ends with exactly `N passed, N failed`; exits
+# non-zero if any test failed.
+set -uo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HERE/.." && pwd)"
+SELF="$HERE/$(basename "${BASH_SOURCE[0]}")"
+export PATH="${IMAGEFS_TOOLS:-$HERE/.tools}/bin:$PATH"
+
+# Every test, in the order they run. kill9_gc remounts, so it runs late.
+ALL_TESTS=(
+    root_lists_stores
+    cp_cmp
+    dd_bs1m
+    rsync_twice
+    mv_between_stores
+    qemu_img
+    hashes_xattrs
+    hashes_after_overwrite
+    glance_thin_write
+    commit_at_close
+    backend_image_visible
+    exclusive_create
+    times_stable_after_create
+    unlink_while_open
+    name_max
+    errno_mkdir
+    errno_symlink
+    errno_link_mkfifo
+    concurrent_readers
+    fsx
+    pjdfstest
+    store_mount
+    two_mounts
+    glance_config_mount
+    ro_mount
+    sigterm
+    check_cmd
+    kill9_gc
+)
+
+# ---------------------------------------------------------------------------
+# Backends. A store type T plugs in by defining these functions:
+#   backend_T_setup                 prepare the backend (once, before mounting)
+#   backend_T_config_section NAME   print the `[stores.NAME]` TOML section
+#   backend_T_cat NAME ID           print the committed object's bytes
+#   backend_T_exists NAME ID        exit 0 iff the committed object exists
+#   backend_T_leftovers NAME        list what unfinished uploads left (one/line)
+#   backend_T_put NAME ID FILE      store FILE as ID the way Glance's driver does
+#   backend_T_location NAME ID      print the expected user.imagefs.location
+#   backend_T_mode NAME ID          print the octal mode the backend keeps (or -)
+#   backend_T_teardown              remove what setup made
+# Tests only talk to the backend through `backend OP ARGS...`.
+# ---------------------------------------------------------------------------
+backend() { local op=$1; shift; "backend_${STORE_TYPE}_$op" "$@"; }
+
+backend_file_datadir() { echo "$STATE/backend/$1"; }
+backend_file_setup() {
+    local s
+    for s in "${STORES[@]}"; do mkdir -p "$(backend_file_datadir "$s")"; done
+}
+backend_file_config_section() {
+    printf '[stores.%s]\ntype = "file"\ndatadir = "%s"\n\n' "$1" "$(backend_file_datadir "$1")"
+}
+backend_file_cat() { cat "$(backend_file_datadir "$1")/$2"; }
+backend_file_exists() { [ -f "$(backend_file_datadir "$1")/$2" ]; }
+backend_file_leftovers() {
+    (cd "$(backend_file_datadir "$1")" && ls -A | grep '^\.imagefs-tmp-' || true)
+}
+backend_file_put() {
+    # Glance's filesystem driver: open(path, 'wb') on the final name, then chmod.
+    cp "$3" "$(backend_file_datadir "$1")/$2" && chmod 0640 "$(backend_file_datadir "$1")/$2"
+}
+backend_file_location() { echo "file://$(backend_file_datadir "$1")/$2"; }
+backend_file_mode() { stat -c %a "$(backend_file_datadir "$1")/$2"; }
+backend_file_teardown() { rm -rf "$STATE/backend"; }
+
+# ---------------------------------------------------------------------------
+# Mount management
+# ---------------------------------------------------------------------------
+STORES=(a b)
+MOUNT_OPTS="${IMAGEFS_MOUNT_OPTS:-allow_other,default_permissions}"
+
+is_mounted() { awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/self/mounts; }
+daemon_pid() { cat "$PIDFILE" 2>/dev/null; }
+daemon_alive() { local p; p=$(daemon_pid) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+
+do_mount() { # do_mount [MOUNTPOINT [extra args...]]
+    local mnt=${1:-$MNT}; shift || true
+    local logopt=()
+    # the daemon's own log (--log-file), one per mount point
+    if "$BINARY" mount --help 2>/dev/null | grep -q -- --log-file; then
+        logopt=(--log-file "$STATE/daemon-$(basename "$mnt").log")
+    fi
+    echo "+ imagefs mount $mnt --config $CFG $* -o $MOUNT_OPTS ${logopt[*]}" >>"$LOG"
+    timeout 60 "$BINARY" mount "$mnt" --config "$CFG" --pid-file "$PIDFILE" \
+        -o "$MOUNT_OPTS" "${logopt[@]}" "$@" >>"$LOG" 2>&1
+    local rc=$?
+    if [ $rc -ne 0 ]; then echo "mount of $mnt failed (exit $rc); see $LOG" >&2; return 1; fi
+    if ! is_mounted "$mnt"; then
+        echo "imagefs mount exited 0 but $mnt is not mounted" >&2; return 1
+    fi
+}
+
+do_umount() { # do_umount [MOUNTPOINT]
+    local mnt=${1:-$MNT} i pid
+    pid=$(daemon_pid)
+    is_mounted "$mnt" || return 0
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+        fusermount3 -u "$mnt" 2>>"$LOG" && break
+        sleep 1
+    done
+    if is_mounted "$mnt"; then
+        echo "fusermount3 -u $mnt kept failing; lazy unmount" >&2
+        fusermount3 -uz "$mnt" 2>>"$LOG"
+        return 1
+    fi
+    # The daemon must exit on unmount.
+    if [ -n "$pid" ] && [ "$mnt" = "$MNT" ]; then
+        for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.2; done
+        echo "daemon $pid still running 10 s after unmount" >&2
+        return 1
+    fi
+}
+
+write_config() {
+    {
+        printf '[mount]\nattr_ttl_ms = 1000\nthreads = 4\n\n'
+        local s
+        for s in "${STORES[@]}"; do backend config_section "$s"; done
+    } >"$CFG"
+}
+
+# ---------------------------------------------------------------------------
+# Helpers for tests (run in their own bash process, `set -e` is on)
+# ---------------------------------------------------------------------------
+fail() { echo "FAIL: $*" >&2; exit 1; }
+note() { echo "  $*"; }
+newid() { cat /proc/sys/kernel/random/uuid; }
+
+# data NAME SIZE: a cached file of SIZE random bytes (SIZE as for head -c).
+data() {
+    local f="$STATE/data/$1"
+    if [ ! -f "$f" ]; then
+        mkdir -p "$STATE/data"
+        head -c "$2" /dev/urandom >"$f.tmp" && mv "$f.tmp" "$f"
+    fi
+    echo "$f"
+}
+
+assert_same() { # assert_same EXPECTED_FILE ACTUAL_FILE WHAT
+    local out
+    if ! out=$(cmp "$1" "$2" 2>&1); then
+        fail "$3: bytes differ: $out (sizes $(stat -c %s "$1" 2>/dev/null) vs $(stat -c %s "$2" 2>/dev/null))"
+    fi
+}
+assert_backend_same() { # assert_backend_same EXPECTED_FILE STORE ID
+    backend exists "$2" "$3" || fail "backend: store $2 has no committed object $3"
+    local out
+    if ! out=$(cmp "$1" <(backend cat "$2" "$3") 2>&1); then
+        fail "backend object $2/$3 differs from the source: $out"
+    fi
+}
+assert_eq() { # assert_eq ACTUAL EXPECTED WHAT
+    [ "$1" = "$2" ] || fail "$3: expected '$2', got '$1'"
+}
+assert_grep() { # assert_grep PATTERN FILE WHAT
+    grep -q -- "$1" "$2" || { sed 's/^/    | /' "$2" | tail -30 >&2; fail "$3: no line matching '$1'"; }
+}
+
+# errno_of 'PYTHON STATEMENT' ARGS...: run it (args in a), print OK or EPERM etc.
+errno_of() {
+    local code=$1; shift
+    python3 - "$code" "$@" <<'EOF'
+import errno, os, sys
+a = sys.argv[2:]
+try:
+    exec(sys.argv[1])
+    print("OK")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, str(e.errno)))
+EOF
+}
+
+xattr() { getfattr --only-values --absolute-names -n "$1" "$2"; }
+
+SA_() { echo "$MNT/a"; }
+
+# ---------------------------------------------------------------------------
+# Tests: t_NAME. Each must be able to fail; compare bytes, not exit codes.
+# ---------------------------------------------------------------------------
+
+t_root_lists_stores() {
+    local got
+    got=$(ls -1 "$MNT" | sort | tr '\n' ' ')
+    assert_eq "$got" "a b " "ls of the mount root"
+    [ -d "$MNT/a" ] && [ -d "$MNT/b" ] || fail "store entries are not directories"
+}
+
+t_cp_cmp() {
+    local src id
+    src=$(data rand64 "$BIG64")
+    id=$(newid)
+    cp "$src" "$SA/$id"
+    assert_same "$src" "$SA/$id" "cp into the mount, read back"
+    assert_eq "$(stat -c %s "$SA/$id")" "$(stat -c %s "$src")" "st_size"
+    ls -1 "$SA" | grep -qx "$id" || fail "$id is not listed in $SA"
+    assert_backend_same "$src" a "$id"
+    rm "$SA/$id"
+    [ ! -e "$SA/$id" ] || fail "$id still visible after rm"
+    ! backend exists a "$id" || fail "backend object a/$id still exists after rm"
+}
+
+t_dd_bs1m() {
+    local src id id2 n
+    n=$((BIG64_BYTES * 3 / 4 + 12345)) # not a multiple of the block size
+    src=$(data dd_src "$n")
+    id=$(newid)
+    dd if="$src" of="$SA/$id" bs=1M status=none
+    dd if="$SA/$id" of="$WORK/dd_out" bs=1M status=none
+    assert_same "$src" "$WORK/dd_out" "dd in bs=1M, dd out bs=1M"
+    assert_backend_same "$src" a "$id"
+    # conv=fsync: commit at fsync, then close.
+    id2=$(newid)
+    dd if="$src" of="$SA/$id2" bs=1M conv=fsync status=none
+    assert_same "$src" "$SA/$id2" "dd conv=fsync"
+    assert_backend_same "$src" a "$id2"
+}
+
+t_rsync_twice() {
+    local d="$WORK/rsync_src" f i=0 names=() modes=(644 640 600 444 755)
+    local sizes=(1 4096 1048577 5242880 3145805)
+    rm -rf "$d"; mkdir -p "$d"
+    for i in 0 1 2 3 4; do
+        f=$(newid); names+=("$f")
+        head -c "${sizes[$i]}" /dev/urandom >"$d/$f"
+        chmod "${modes[$i]}" "$d/$f"
+        touch -d "2021-03-0$((i + 1)) 05:06:07.123456789" "$d/$f"
+    done
+    rsync -a --stats "$d/" "$SA/" >"$WORK/rsync1.out" 2>&1 ||
+        { cat "$WORK/rsync1.out" >&2; fail "first rsync -a exited $?"; }
+    assert_grep "Number of regular files transferred: 5" "$WORK/rsync1.out" "first rsync"
+    for i in 0 1 2 3 4; do
+        f=${names[$i]}
+        assert_same "$d/$f" "$SA/$f" "rsync'd file $f"
+        assert_backend_same "$d/$f" a "$f"
+        assert_eq "$(stat -c %a "$SA/$f")" "${modes[$i]}" "mode of $f"
+        assert_eq "$(stat -c %Y "$SA/$f")" "$(stat -c %Y "$d/$f")" "mtime of $f"
+        if ls -A "$SA" | grep -q "^\.$f\."; then fail "rsync temp file .$f.* left visible"; fi
+    done
+    rsync -a --stats "$d/" "$SA/" >"$WORK/rsync2.out" 2>&1 ||
+        { cat "$WORK/rsync2.out" >&2; fail "second rsync -a exited $?"; }
+    assert_grep "Number of regular files transferred: 0" "$WORK/rsync2.out" "second rsync must copy nothing"
+}
+
+t_mv_between_stores() {
+    local src id id2 e
+    src=$(data mv_src 16M)
+    id=$(newid)
+    cp "$src" "$SA/$id"
+    e=$(errno_of 'os.rename(a[0], a[1])' "$SA/$id" "$SB/$id")
+    assert_eq "$e" EXDEV "rename(2) across stores"
+    mv "$SA/$id" "$SB/$id"
+    [ ! -e "$SA/$id" ] || fail "source $SA/$id still visible after mv"
+    ! backend exists a "$id" || fail "backend a still has $id after mv"
+    assert_same "$src" "$SB/$id" "mv'd image read through the mount"
+    assert_backend_same "$src" b "$id"
+    # rename inside one store
+    id2=$(newid)
+    mv "$SB/$id" "$SB/$id2"
+    [ ! -e "$SB/$id" ] || fail "old name still visible after rename in store"
+    ! backend exists b "$id" || fail "backend b still has old name $id after rename"
+    assert_same "$src" "$SB/$id2" "renamed image"
+    assert_backend_same "$src" b "$id2"
+}
+
+t_qemu_img() {
+    local q r raw qc local_raw out
+    q="$SA/$(newid)"; r="$SA/$(newid)"; raw="$SA/$(newid)"; qc=$(newid)
+    # create qcow2 and raw in the mount
+    qemu-img create -q -f qcow2 "$q" 1G
+    qemu-img check -q "$q" || fail "qemu-img check of a fresh qcow2 failed"
+    out=$(qemu-img info --output=json "$q")
+    python3 -c 'import json,sys; i=json.loads(sys.argv[1]); assert i["format"]=="qcow2" and i["virtual-size"]==1<<30, i' "$out" ||
+        fail "qemu-img info of the new qcow2: $out"
+    # in-place writes to an existing qcow2 (copy-on-write in imagefs)
+    out=$(qemu-io -f qcow2 -c 'write -q -P 0xab 1M 2M' "$q" 2>&1) || fail "qemu-io write into qcow2: $out"
+    [ -z "$out" ] || fail "qemu-io write into qcow2: $out"
+    out=$(qemu-io -f qcow2 -c 'read -q -P 0xab 1M 2M' -c 'read -q -P 0 0 1M' "$q" 2>&1) ||
+        fail "qemu-io read-back: $out"
+    [ -z "$out" ] || fail "qemu-io read-back of the written pattern: $out"
+    qemu-img check -q "$q" || fail "qemu-img check after qemu-io write failed"
+    qemu-img create -q -f raw "$r" 64M
+    assert_eq "$(stat -c %s "$r")" 67108864 "size of raw created by qemu-img"
+    cmp -s "$r" <(head -c 64M /dev/zero) || fail "new raw image is not all zeros"
+    # a sparse raw disk with data in places, copied in, converted inside the mount
+    local_raw="$WORK/disk.raw"
+    rm -f "$local_raw"
+    qemu-img create -q -f raw "$local_raw" 96M
+    for off in 0 7 31 64 95; do
+        head -c 1M /dev/urandom | dd of="$local_raw" bs=1M seek="$off" conv=notrunc status=none
+    done
+    cp "$local_raw" "$raw"
+    assert_same "$local_raw" "$raw" "sparse raw copied in"
+    qemu-img convert -f raw -O qcow2 "$raw" "$SA/$qc" || fail "qemu-img convert raw->qcow2 in the mount"
+    qemu-img check -q "$SA/$qc" || fail "qemu-img check of the converted qcow2"
+    qemu-img compare -q -f raw -F qcow2 "$raw" "$SA/$qc" || fail "qemu-img compare raw vs converted qcow2"
+    qemu-img convert -f qcow2 -O raw "$SA/$qc" "$WORK/back.raw"
+    assert_same "$local_raw" "$WORK/back.raw" "qcow2 converted in the mount, back to raw"
+    backend cat a "$qc" >"$WORK/qc.backend"
+    assert_same "$SA/$qc" "$WORK/qc.backend" "converted qcow2 in the backend"
+    rm -f "$WORK/back.raw" "$WORK/qc.backend" "$local_raw"
+}
+
+t_hashes_xattrs() {
+    local src id v
+    src=$(data hash_src 20971527)
+    id=$(newid)
+    cp "$src" "$SA/$id"
+    v=$(xattr user.imagefs.os_hash_value "$SA/$id") || fail "getfattr user.imagefs.os_hash_value failed"
+    assert_eq "$v" "$(sha512sum <"$SA/$id" | cut -d' ' -f1)" "os_hash_value vs sha512sum of the image"
+    assert_eq "$v" "$(sha512sum <"$src" | cut -d' ' -f1)" "os_hash_value vs sha512sum of the source"
+    v=$(xattr user.imagefs.checksum "$SA/$id") || fail "getfattr user.imagefs.checksum failed"
+    assert_eq "$v" "$(md5sum <"$SA/$id" | cut -d' ' -f1)" "checksum vs md5sum of the image"
+    assert_eq "$v" "$(md5sum <"$src" | cut -d' ' -f1)" "checksum vs md5sum of the source"
+    v=$(xattr user.imagefs.location "$SA/$id") || fail "getfattr user.imagefs.location failed"
+    assert_eq "$v" "$(backend location a "$id")" "user.imagefs.location"
+    getfattr --absolute-names -d -m '^user\.imagefs\.' "$SA/$id" >"$WORK/xattrs" ||
+        fail "listxattr (getfattr -d) failed"
+    for v in location checksum os_hash_value; do
+        assert_grep "user.imagefs.$v=" "$WORK/xattrs" "listxattr"
+    done
+}
+
+t_hashes_after_overwrite() {
+    # DESIGN: random writes to an existing image work (copy-on-write) and the
+    # checksums describe the image's bytes.
+    local src id
+    src=$(data hash2_src 8M)
+    id=$(newid)
+    cp "$src" "$SA/$id"
+    cp "$src" "$WORK/hash2_expected"
+    head -c 4096 /dev/urandom >"$WORK/patch"
+    dd if="$WORK/patch" of="$SA/$id" bs=4096 seek=100 conv=notrunc status=none
+    dd if="$WORK/patch" of="$WORK/hash2_expected" bs=4096 seek=100 conv=notrunc status=none
+    assert_same "$WORK/hash2_expected" "$SA/$id" "image after an in-place 4 KiB overwrite"
+    assert_backend_same "$WORK/hash2_expected" a "$id"
+    assert_eq "$(xattr user.imagefs.checksum "$SA/$id")" "$(md5sum <"$WORK/hash2_expected" | cut -d' ' -f1)" \
+        "checksum after overwrite"
+    assert_eq "$(xattr user.imagefs.os_hash_value "$SA/$id")" "$(sha512sum <"$WORK/hash2_expected" | cut -d' ' -f1)" \
+        "os_hash_value after overwrite"
+}
+
+t_glance_thin_write() {
+    local src="$WORK/thin_src" id
+    id=$(newid)
+    # 100 chunks of 64 KiB, every third one zero, then 3 zero chunks and a
+    # partial zero chunk: the file ends in a hole only truncate() can make.
+    python3 - "$src" <<'EOF'
+import os, sys
+CH = 65536
+with open(sys.argv[1], "wb") as f:
+    for i in range(100):
+        f.write(bytes(CH) if i % 3 == 1 else os.urandom(CH))
+    f.write(bytes(3 * CH + 1000))
+EOF
+    python3 - "$src" "$SA/$id" <<'EOF'
+# What glance_store's filesystem driver does with filesystem_thin_provisioning.
+import os, sys
+os.umask(0o027)
+src, dst = sys.argv[1], sys.argv[2]
+CH = 65536
+n = 0
+with open(src, "rb") as s, open(dst, "wb") as f:
+    while True:
+        buf = s.read(CH)
+        if not buf:
+            break
+        n += len(buf)
+        if buf.count(0) == len(buf):
+            f.seek(len(buf), os.SEEK_CUR)
+        else:
+            f.write(buf)
+    f.truncate(n)
+os.chmod(dst, 0o640)
+EOF
+    assert_same "$src" "$SA/$id" "thin-provisioned write"
+    assert_backend_same "$src" a "$id"
+    assert_eq "$(stat -c %a "$SA/$id")" 640 "mode through the mount"
+    local m; m=$(backend mode a "$id")
+    [ "$m" = - ] || assert_eq "$m" 640 "mode in the backend"
+    assert_eq "$(xattr user.imagefs.checksum "$SA/$id")" "$(md5sum <"$src" | cut -d' ' -f1)" "checksum of the thin write"
+}
+
+t_commit_at_close() {
+    local id fifo
+    id=$(newid)
+    fifo="$WORK/commit.fifo"; rm -f "$fifo"; mkfifo "$fifo"
+    # writer: writes 1 MiB, then waits for a line on the fifo before closing
+    python3 - "$SA/$id" "$fifo" <<'EOF' &
+import os, sys
+f = open(sys.argv[1], "wb")
+f.write(b"x" * (1 << 20))
+f.flush()
+open(sys.argv[2] + ".ready", "w").close()
+open(sys.argv[2]).read()
+f.close()
+EOF
+    local w=$! i
+    for i in $(seq 100); do [ -e "$fifo.ready" ] && break; sleep 0.1; done
+    [ -e "$fifo.ready" ] || { echo >"$fifo"; fail "writer did not get going"; }
+    local ok=1 why=""
+    if backend exists a "$id"; then ok=0; why="committed object exists before close"; fi
+    if ! backend leftovers a | grep -q "$id"; then ok=0; why="$why; no in-progress upload object for $id in the backend"; fi
+    if ls -A "$SA" | grep -q '^\.imagefs-tmp-'; then ok=0; why="$why; .imagefs-tmp-* visible in the mount listing"; fi
+    echo >"$fifo"
+    wait $w || fail "writer failed"
+    [ $ok = 1 ] || fail "while open for write: $why"
+    backend exists a "$id" || fail "no committed object after close"
+    if backend leftovers a | grep -q "$id"; then fail "upload leftover for $id after close"; fi
+    assert_eq "$(stat -c %s "$SA/$id")" 1048576 "size after close"
+}
+
+t_backend_image_visible() {
+    # images Glance writes itself appear in the mount
+    local src id i
+    src=$(data glance_src 3M)
+    id=$(newid)
+    backend put a "$id" "$src"
+    for i in $(seq 30); do [ -e "$SA/$id" ] && break; sleep 0.2; done
+    ls -1 "$SA" | grep -qx "$id" || fail "image put in the backend is not listed within 6 s"
+    assert_same "$src" "$SA/$id" "image written by Glance, read through the mount"
+}
+
+t_exclusive_create() {
+    local id e
+    id=$(newid)
+    echo hello >"$SA/$id"
+    e=$(errno_of 'os.open(a[0], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)' "$SA/$id")
+    assert_eq "$e" EEXIST "open(O_CREAT|O_EXCL) of an existing image"
+    assert_eq "$(cat "$SA/$id")" hello "image content after the failed exclusive create"
+}
+
+t_times_stable_after_create() {
+    # The times a new image shows right after close are the ones it keeps:
+    # they must not change when the attribute cache (attr_ttl_ms) expires.
+    python3 - "$SA/$(newid)" "$SA/$(newid)" <<'EOF2'
+import os, sys, time
+bad = []
+for path, data in ((sys.argv[1], b""), (sys.argv[2], b"x" * 100000)):
+    with open(path, "wb") as f:
+        f.write(data)
+    s0 = os.stat(path)
+    time.sleep(1.5)  # > attr_ttl_ms
+    s1 = os.stat(path)
+    for k in ("st_mtime_ns", "st_ctime_ns"):
+        if getattr(s0, k) != getattr(s1, k):
+            bad.append(f"{len(data)}-byte image: {k} {getattr(s0, k)} right after close, "
+                       f"{getattr(s1, k)} 1.5 s later")
+if bad:
+    sys.exit("FAIL: times changed with no change to the image: " + "; ".join(bad))
+EOF2
+}
+
+t_unlink_while_open() {
+    # POSIX: an unlinked file stays usable through descriptors already open;
+    # fstat shows st_nlink 0. Checked for a new image being written, a
+    # committed image open read-write, and one open read-only.
+    python3 - "$SA" <<'EOF2'
+import os, sys
+d = sys.argv[1]
+bad = []
+def check(name, content, flags):
+    p = os.path.join(d, name)
+    if content is not None:
+        with open(p, "wb") as f:
+            f.write(content)
+    fd = os.open(p, flags, 0o644)
+    try:
+        os.unlink(p)
+        try:
+            st = os.fstat(fd)
+            if st.st_nlink != 0:
+                bad.append(f"{name}: fstat st_nlink {st.st_nlink} after unlink, expected 0")
+        except OSError as e:
+            bad.append(f"{name}: fstat after unlink: {e.strerror}")
+        try:
+            if flags & os.O_RDWR:
+                os.pwrite(fd, b"Hello", 0)
+                want = b"Hello"
+            else:
+                want = content[:5]
+            got = os.pread(fd, 5, 0)
+            if got != want:
+                bad.append(f"{name}: read {got!r} after unlink, expected {want!r}")
+        except OSError as e:
+            bad.append(f"{name}: I/O after unlink: {e.strerror}")
+    finally:
+        os.close(fd)
+    if os.path.exists(p):
+        bad.append(f"{name}: visible again after close")
+base = os.urandom(8).hex()
+check("unl-new-" + base, None, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+check("unl-rw-" + base, b"committed data", os.O_RDWR)
+check("unl-ro-" + base, b"committed data", os.O_RDONLY)
+if bad:
+    sys.exit("FAIL: " + "; ".join(bad))
+EOF2
+}
+
+t_name_max() {
+    # names longer than statvfs f_namemax: ENAMETOOLONG for every operation
+    python3 - "$SA" <<'EOF2'
+import errno, os, sys
+d = sys.argv[1]
+nmax = os.statvfs(d).f_namemax
+print(f"  f_namemax = {nmax}")
+ok = os.path.join(d, "n" * nmax)
+long = os.path.join(d, "m" * (nmax + 1))
+open(ok, "wb").close()
+bad = []
+def want(what, f):
+    try:
+        f()
+        bad.append(f"{what}: succeeded")
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            bad.append(f"{what}: {errno.errorcode.get(e.errno, e.errno)}")
+want("create", lambda: open(long, "wb").close())
+want("stat", lambda: os.stat(long))
+want("unlink", lambda: os.unlink(long))
+want("chmod", lambda: os.chmod(long, 0o600))
+want("truncate", lambda: os.truncate(long, 0))
+want("rename onto", lambda: os.rename(ok, long))
+for p in (ok, long):
+    try:
+        os.unlink(p)
+    except OSError:
+        pass
+if bad:
+    sys.exit(f"FAIL: names of f_namemax+1 = {nmax + 1} bytes, expected ENAMETOOLONG: " + "; ".join(bad))
+EOF2
+}
+
+timed_errno() { # timed_errno EXPECTED WHAT 'PY' ARGS...: errno and < 2 s
+    local exp=$1 what=$2 code=$3 t0 t1 e; shift 3
+    t0=$(date +%s%N)
+    e=$(errno_of "$code" "$@")
+    t1=$(date +%s%N)
+    [ "$e" = "$exp" ] || { echo "FAIL: $what: expected $exp, got $e" >&2; return 1; }
+    [ $(((t1 - t0) / 1000000)) -lt 2000 ] || { echo "FAIL: $what took $(((t1 - t0) / 1000000)) ms" >&2; return 1; }
+    note "$what -> $e"
+}
+
+t_errno_mkdir() {
+    local n; n="$SA/dir-$(newid)"
+    timed_errno EPERM "mkdir in a store" 'os.mkdir(a[0])' "$n" || exit 1
+    [ ! -e "$n" ] || fail "mkdir failed but $n exists"
+}
+
+t_errno_symlink() {
+    local n; n="$SA/sym-$(newid)"
+    timed_errno EPERM "symlink in a store" 'os.symlink("target", a[0])' "$n" || exit 1
+    [ ! -e "$n" ] && [ ! -L "$n" ] || fail "symlink failed but $n exists"
+}
+
+t_errno_link_mkfifo() {
+    local id rc=0; id=$(newid)
+    echo x >"$SA/$id"
+    timed_errno EPERM "hard link in a store" 'os.link(a[0], a[1])' "$SA/$id" "$SA/lnk-$id" || rc=1
+    timed_errno EPERM "mkfifo in a store" 'os.mkfifo(a[0])' "$SA/fifo-$id" || rc=1
+    timed_errno EPERM "mknod (socket) in a store" 'import stat; os.mknod(a[0], 0o600 | stat.S_IFSOCK)' "$SA/sock-$id" || rc=1
+    return $rc
+}
+
+t_concurrent_readers() {
+    local src id i pids=() bs=(4k 8k 16k 32k 64k 128k 256k 512k 1M 2M 4M 3k 100k 1000k 7k 8M)
+    src=$(data rand256 "$BIG256")
+    id=$(newid)
+    cp "$src" "$SA/$id"
+    for i in $(seq 0 15); do
+        ( rc=0; dd if="$SA/$id" bs="${bs[$i]}" status=none | cmp - "$src" >"$WORK/reader$i.out" 2>&1 || rc=$?
+          echo $rc >"$WORK/reader$i.rc" ) &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    local bad=0
+    for i in $(seq 0 15); do
+        if [ "$(cat "$WORK/reader$i.rc")" != 0 ]; then
+            echo "  reader $i (bs=${bs[$i]}): $(cat "$WORK/reader$i.out")" >&2; bad=$((bad + 1))
+        fi
+    done
+    [ $bad = 0 ] || fail "$bad of 16 concurrent readers read wrong bytes"
+    rm -f "$SA/$id"
+}
+
+t_fsx() {
+    local id conf="$WORK/fsx.toml" art="$WORK/fsx-artifacts"
+    id=$(newid)
+    mkdir -p "$art"
+    # posix_fallocate and punch_hole are off: imagefs does not implement
+    # fallocate (not among the operations DESIGN.md promises) and fsx treats
+    # EOPNOTSUPP as a failure. Everything else FUSE can carry is on.
+    cat >"$conf" <<'EOF'
+flen = 1048576
+[opsize]
+max = 65536
+min = 0
+align = 1
+[weights]
+close_open = 1
+read = 10
+write = 10
+mapread = 10
+mapwrite = 10
+invalidate = 1
+truncate = 5
+fsync = 1
+fdatasync = 1
+sendfile = 2
+posix_fadvise = 1
+copy_file_range = 2
+posix_fallocate = 0
+punch_hole = 0
+EOF
+    if ! fsx -N "$FSX_OPS" -S 20260101 -P "$art" -f "$conf" "$SA/$id" >"$WORK/fsx.out" 2>&1; then
+        tail -40 "$WORK/fsx.out" >&2
+        fail "fsx failed (artifacts in $art)"
+    fi
+    tail -3 "$WORK/fsx.out"
+    backend cat a "$id" >"$WORK/fsx.backend"
+    assert_same "$WORK/fsx.backend" "$SA/$id" "fsx file: backend vs mount after close"
+    rm -f "$WORK/fsx.backend"
+}
+
+# pjdfstest: the exclusions in pjdfstest-exclude.txt (regexes on test names,
+# with reasons) are removed from the full list; everything else must pass.
+# Upstream pjdfstest makes a temporary directory under -p and another one per
+# test case; a store has no subdirectories, so the cases run through
+# pjdfstest-flat (pjdfstest-flat.patch, PJDFSTEST_FLAT=1): the same cases, run
+# directly in the store directory, each case's files removed after it.
+t_pjdfstest() {
+    local all="$WORK/pjd-all.txt" sel="$WORK/pjd-selected.txt" conf="$HERE/pjdfstest.toml"
+    command -v pjdfstest-flat >/dev/null || fail "pjdfstest-flat not installed (scripts/install-deps.sh)"
+    # the full list of test names: run the suite once on a local scratch dir
+    mkdir -p "$WORK/pjd-local"
+    pjdfstest -c "$conf" -p "$WORK/pjd-local" >"$WORK/pjd-local.out" 2>&1 || true
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/pjd-local.out" | awk '$1 ~ /::/ { print $1 }' | sort -u >"$all"
+    [ -s "$all" ] || { tail "$WORK/pjd-local.out" >&2; fail "could not list pjdfstest's tests"; }
+    grep -v '^[[:space:]]*\(#\|$\)' "$HERE/pjdfstest-exclude.txt" | cut -f1 | sed 's/[[:space:]]*$//' >"$WORK/pjd-excl.re"
+    grep -v -E -f "$WORK/pjd-excl.re" "$all" >"$sel" || true
+    note "pjdfstest: $(wc -l <"$all") tests, $(wc -l <"$sel") selected after exclusions"
+    [ -s "$sel" ] || fail "every pjdfstest test is excluded"
+    local rc=0
+    ls -A "$SA" | sort >"$WORK/pjd-before.ls"
+    # -e matches the untrimmed names, which carry a pjdfstest::tests:: prefix
+    (cd "$WORK" && PJDFSTEST_FLAT=1 RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 pjdfstest-flat -c "$conf" -e -p "$SA" $(sed 's/^/pjdfstest::tests::/' "$sel")) >"$WORK/pjd.out" 2>&1 || rc=$?
+    sed 's/\x1b\[[0-9;]*m//g' "$WORK/pjd.out" >"$WORK/pjd.txt"
+    if [ $rc -ne 0 ]; then
+        if ! grep -q '^Summary' "$WORK/pjd.txt"; then
+            tail -5 "$WORK/pjd.txt" >&2
+            fail "pjdfstest did not run (exit $rc)"
+        fi
+        grep -E 'FAILED|PASSED UNEXPECTEDLY' -A3 "$WORK/pjd.txt" | head -120 >&2
+        grep '^Summary' "$WORK/pjd.txt" >&2
+        fail "pjdfstest: $(grep -c -E 'FAILED|PASSED UNEXPECTEDLY' "$WORK/pjd.txt") test cases failed (full log $WORK/pjd.txt)"
+    fi
+    ls -A "$SA" | sort >"$WORK/pjd-after.ls"
+    if [ -n "$(comm -13 "$WORK/pjd-before.ls" "$WORK/pjd-after.ls")" ]; then
+        fail "files left in the store after pjdfstest removed what it made: $(comm -13 "$WORK/pjd-before.ls" "$WORK/pjd-after.ls" | head -5 | tr '\n' ' ')"
+    fi
+    local summary ran
+    summary=$(grep '^Summary' "$WORK/pjd.txt")
+    echo "$summary"
+    ran=$(grep -c -E ' (ok|skipped|FAILED|failed as expected|PASSED UNEXPECTEDLY)$' "$WORK/pjd.txt" || true)
+    assert_eq "$ran" "$(wc -l <"$sel")" "number of pjdfstest cases run"
+    if grep -q ' skipped$' "$WORK/pjd.txt"; then
+        grep ' skipped$' -A2 "$WORK/pjd.txt" >&2
+        fail "selected pjdfstest cases were skipped (add them to pjdfstest-exclude.txt with a reason, or enable the feature)"
+    fi
+}
+
+t_store_mount() {
+    # --store NAME mounts only that store's directory
+    local m2="$STATE/mnt-store-b" id src got
+    src=$(data store_mount_src 1M)
+    id=$(newid)
+    cp "$src" "$SB/$id"
+    mkdir -p "$m2"
+    local PIDFILE="$STATE/imagefs-store-b.pid"
+    do_mount "$m2" --store b || fail "mount --store b failed"
+    got=0
+    ls -1 "$m2" | grep -qx "$id" && got=1
+    [ -e "$m2/a" ] && { do_umount "$m2"; fail "--store b mount shows store a"; }
+    if [ $got = 1 ]; then cmp -s "$src" "$m2/$id" || got=2; fi
+    do_umount "$m2" || fail "unmounting the --store mount"
+    [ $got = 1 ] || fail "--store b mount: image $id missing or wrong bytes (state $got)"
+}
+
+t_two_mounts() {
+    # DESIGN "several mounts, one backend": an upload in progress on one
+    # mount is invisible on the other, a second writer of the same id fails
+    # with EEXIST, and the committed image shows up on the other mount.
+    local m2="$STATE/mnt-two" id fifo w i e rc=0
+    mkdir -p "$m2"
+    local PIDFILE="$STATE/imagefs-two.pid"
+    do_mount "$m2" || fail "second mount of the same config failed"
+    id=$(newid)
+    fifo="$WORK/two.fifo"; rm -f "$fifo" "$fifo.ready"; mkfifo "$fifo"
+    head -c 3M /dev/urandom >"$WORK/two.src"
+    python3 - "$MNT/a/$id" "$fifo" "$WORK/two.src" <<'EOF2' &
+import sys
+f = open(sys.argv[1], "wb")
+f.write(open(sys.argv[3], "rb").read())
+f.flush()
+open(sys.argv[2] + ".ready", "w").close()
+open(sys.argv[2]).read()
+f.close()
+EOF2
+    w=$!
+    for i in $(seq 100); do [ -e "$fifo.ready" ] && break; sleep 0.1; done
+    if [ ! -e "$fifo.ready" ]; then echo >"$fifo"; do_umount "$m2"; fail "writer did not get going"; fi
+    sleep 1.2 # past attr_ttl_ms
+    if ls -1A "$m2/a" | grep -q "$id"; then rc=1; echo "FAIL: upload in progress on mount 1 is listed on mount 2" >&2; fi
+    e=$(errno_of 'os.stat(a[0])' "$m2/a/$id")
+    [ "$e" = ENOENT ] || { rc=1; echo "FAIL: stat on mount 2 of an upload in progress on mount 1: expected ENOENT, got $e" >&2; }
+    e=$(errno_of 'os.close(os.open(a[0], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))' "$m2/a/$id")
+    [ "$e" = EEXIST ] || { rc=1; echo "FAIL: O_EXCL create on mount 2 while mount 1 writes the id: expected EEXIST, got $e" >&2; }
+    e=$(errno_of 'f = open(a[0], "wb"); f.write(b"second writer"); f.close()' "$m2/a/$id")
+    [ "$e" = EEXIST ] || { rc=1; echo "FAIL: second writer (open wb) on mount 2 while mount 1 writes the id: expected EEXIST, got $e" >&2; }
+    echo >"$fifo"
+    wait $w || { rc=1; echo "FAIL: the first writer failed at close" >&2; }
+    for i in $(seq 30); do [ -e "$m2/a/$id" ] && break; sleep 0.2; done
+    cmp -s "$WORK/two.src" "$m2/a/$id" || { rc=1; echo "FAIL: committed image on mount 2 missing or wrong bytes" >&2; }
+    cmp -s "$WORK/two.src" <(backend cat a "$id") || { rc=1; echo "FAIL: backend object is not the first writer's bytes" >&2; }
+    do_umount "$m2" || rc=1
+    return $rc
+}
+
+t_glance_config_mount() {
+    # mount straight from a glance-api.conf (multi-store, enabled_backends)
+    if [ "$STORE_TYPE" != file ]; then note "glance-api.conf for $STORE_TYPE: not written yet, nothing checked"; return 0; fi
+    local m5="$STATE/mnt-glance" gconf="$WORK/glance-api.conf" id src got
+    cat >"$gconf" <<EOF2
+[DEFAULT]
+enabled_backends = a:file, b:file
+
+[glance_store]
+default_backend = a
+
+[a]
+filesystem_store_datadir = $(backend_file_datadir a)
+
+[b]
+filesystem_store_datadir = $(backend_file_datadir b)
+EOF2
+    src=$(data glance_conf_src 2M)
+    id=$(newid)
+    cp "$src" "$SA/$id"
+    mkdir -p "$m5"
+    local PIDFILE="$STATE/imagefs-glance.pid"
+    echo "+ imagefs mount $m5 --glance-config $gconf" >>"$LOG"
+    timeout 60 "$BINARY" mount "$m5" --glance-config "$gconf" --pid-file "$PIDFILE" \
+        -o "$MOUNT_OPTS" >>"$LOG" 2>&1 || fail "mount --glance-config failed (see $LOG)"
+    is_mounted "$m5" || fail "mount --glance-config exited 0 but nothing is mounted"
+    got=$(ls -1 "$m5" | tr '\n' ' ')
+    local ok=1 why=""
+    [ "$got" = "a b " ] || { ok=0; why="root lists '$got', expected 'a b '"; }
+    cmp -s "$src" "$m5/a/$id" || { ok=0; why="$why; image $id missing or wrong through the glance-config mount"; }
+    do_umount "$m5"
+    [ $ok = 1 ] || fail "$why"
+}
+
+t_ro_mount() {
+    # -o ro: reads work, every write fails with EROFS
+    local m3="$STATE/mnt-ro" id src e rc=0
+    src=$(data ro_src 1M)
+    id=$(newid)
+    cp "$src" "$SA/$id"
+    mkdir -p "$m3"
+    local PIDFILE="$STATE/imagefs-ro.pid" MOUNT_OPTS="ro,$MOUNT_OPTS"
+    do_mount "$m3" --store a || fail "mount -o ro --store a failed"
+    cmp -s "$src" "$m3/$id" || { rc=1; echo "FAIL: read through the ro mount differs" >&2; }
+    e=$(errno_of 'open(a[0], "wb").close()' "$m3/new-$id")
+    [ "$e" = EROFS ] || { rc=1; echo "FAIL: create on a ro mount: expected EROFS, got $e" >&2; }
+    e=$(errno_of 'open(a[0], "r+b").write(b"x")' "$m3/$id")
+    [ "$e" = EROFS ] || { rc=1; echo "FAIL: open r+ on a ro mount: expected EROFS, got $e" >&2; }
+    e=$(errno_of 'os.unlink(a[0])' "$m3/$id")
+    [ "$e" = EROFS ] || { rc=1; echo "FAIL: unlink on a ro mount: expected EROFS, got $e" >&2; }
+    do_umount "$m3" || rc=1
+    cmp -s "$src" "$SA/$id" || { rc=1; echo "FAIL: image changed through the ro mount" >&2; }
+    return $rc
+}
+
+t_sigterm() {
+    # SIGTERM: the daemon unmounts and exits (systemd stop)
+    local m4="$STATE/mnt-term" pid i
+    mkdir -p "$m4"
+    local PIDFILE="$STATE/imagefs-term.pid"
+    do_mount "$m4" --store b || fail "mount --store b failed"
+    pid=$(cat "$PIDFILE") || fail "no pid file"
+    ls "$m4" >/dev/null || fail "new mount not usable"
+    kill -TERM "$pid"
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -9 "$pid"; fusermount3 -uz "$m4" 2>/dev/null
+        fail "daemon $pid still running 10 s after SIGTERM"
+    fi
+    if is_mounted "$m4"; then
+        fusermount3 -uz "$m4" 2>/dev/null
+        fail "daemon exited on SIGTERM but left $m4 mounted (dead mount)"
+    fi
+}
+
+t_check_cmd() {
+    "$BINARY" check --config "$CFG" >"$WORK/check.out" 2>&1 ||
+        { cat "$WORK/check.out" >&2; fail "imagefs check exited non-zero"; }
+    cat "$WORK/check.out"
+    assert_grep '\ba\b' "$WORK/check.out" "check lists store a"
+    assert_grep '\bb\b' "$WORK/check.out" "check lists store b"
+    assert_grep "$STORE_TYPE" "$WORK/check.out" "check names the store type"
+}
+
+t_kill9_gc() {
+    local id keep src w pid i
+    src=$(data kill_keep 1M)
+    keep=$(newid)
+    cp "$src" "$SA/$keep"
+    id=$(newid)
+    # a slow writer: 8 MiB at once, then 1 MiB every 0.2 s
+    python3 - "$SA/$id" <<'EOF' >"$WORK/kill9-writer.out" 2>&1 &
+import os, sys, time
+with open(sys.argv[1], "wb") as f:
+    f.write(os.urandom(8 << 20))
+    f.flush()
+    for i in range(2000):
+        f.write(os.urandom(1 << 20))
+        f.flush()
+        time.sleep(0.2)
+EOF
+    w=$!
+    for i in $(seq 150); do backend leftovers a | grep -q "$id" && break; sleep 0.2; done
+    backend leftovers a | grep -q "$id" || { kill $w; fail "no in-progress upload of $id appeared in the backend"; }
+    sleep 1
+    pid=$(daemon_pid)
+    [ -n "$pid" ] || fail "no daemon pid in $PIDFILE"
+    kill -9 "$pid"
+    note "killed daemon $pid mid-write"
+    for i in $(seq 50); do kill -0 $w 2>/dev/null || break; sleep 0.1; done
+    kill -9 $w 2>/dev/null || true
+    wait $w 2>/dev/null || true
+    fusermount3 -u "$MNT" || fail "fusermount3 -u of the dead mount failed"
+    ! is_mounted "$MNT" || fail "still mounted after fusermount3 -u"
+    do_mount || fail "remount after kill -9 failed"
+    [ ! -e "$SA/$id" ] || fail "partial image $id visible after remount (size $(stat -c %s "$SA/$id"))"
+    if ls -1A "$SA" | grep -q "$id"; then fail "partial image $id listed after remount"; fi
+    ! backend exists a "$id" || fail "backend has a committed object $id for the killed upload"
+    backend leftovers a | grep -q "$id" || fail "the killed upload left nothing for gc to find (expected .imagefs-tmp-$id)"
+    # gc --dry-run lists without removing
+    "$BINARY" gc --older-than 0s --dry-run --config "$CFG" >"$WORK/gc-dry.out" 2>&1 ||
+        { cat "$WORK/gc-dry.out" >&2; fail "imagefs gc --dry-run exited non-zero"; }
+    assert_grep "$id" "$WORK/gc-dry.out" "gc --dry-run output"
+    backend leftovers a | grep -q "$id" || fail "gc --dry-run removed the leftover"
+    "$BINARY" gc --older-than 0s --config "$CFG" >"$WORK/gc.out" 2>&1 ||
+        { cat "$WORK/gc.out" >&2; fail "imagefs gc exited non-zero"; }
+    cat "$WORK/gc.out"
+    assert_grep "$id" "$WORK/gc.out" "gc output names what it removed"
+    ! backend leftovers a | grep -q "$id" || fail "leftover of $id still in the backend after gc"
+    assert_backend_same "$src" a "$keep"
+    assert_same "$src" "$SA/$keep" "committed image after gc"
+}
+
+# ---------------------------------------------------------------------------
+# Runner
+# ---------------------------------------------------------------------------
+setup_env() {
+    export STATE MNT CFG LOG PIDFILE WORK STORE_TYPE BINARY SA SB
+    export BIG64 BIG64_BYTES BIG256 FSX_OPS
+    SA="$MNT/a"; SB="$MNT/b"
+}
+
+# internal: run one test in this (fresh) process
+if [ "${1:-}" = "--_run-one" ]; then
+    set -Eeuo pipefail
+    trap 'echo "  command failed (exit $?) at line $LINENO: ${BASH_COMMAND%%$'"'"'\n'"'"'*}" >&2' ERR
+    cd "$WORK"
+    "t_$2"
+    exit 0
+fi
+
+STORE_TYPE=file
+BINARY=""
+KEEP=0
+QUICK=0
+SELECTED=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --store-type) STORE_TYPE=$2; shift 2 ;;
+        --store-type=*) STORE_TYPE=${1#*=}; shift ;;
+        --binary) BINARY=$2; shift 2 ;;
+        --binary=*) BINARY=${1#*=}; shift ;;
+        --quick) QUICK=1; shift ;;
+        --keep) KEEP=1; shift ;;
+        --list) printf '%s\n' "${ALL_TESTS[@]}"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$SELF"; exit 0 ;;
+        -*) echo "unknown option $1" >&2; exit 2 ;;
+        *) SELECTED+=("$1"); shift ;;
+    esac
+done
+[ ${#SELECTED[@]} -gt 0 ] || SELECTED=("${ALL_TESTS[@]}")
+for t in "${SELECTED[@]}"; do
+    declare -F "t_$t" >/dev/null || { echo "no such test: $t (see --list)" >&2; exit 2; }
+done
+declare -F "backend_${STORE_TYPE}_setup" >/dev/null ||
+    { echo "unsupported store type: $STORE_TYPE" >&2; exit 2; }
+if [ -z "$BINARY" ]; then BINARY="${CARGO_TARGET_DIR:-$REPO/target}/release/imagefs"; fi
+[ -x "$BINARY" ] || { echo "imagefs binary not found: $BINARY (cargo build --release, or --binary)" >&2; exit 2; }
+BINARY="$(cd "$(dirname "$BINARY")" && pwd)/$(basename "$BINARY")"
+for tool in fusermount3 rsync qemu-img qemu-io getfattr python3 fsx pjdfstest pjdfstest-flat; do
+    command -v "$tool" >/dev/null || { echo "missing tool $tool: run scripts/install-deps.sh" >&2; exit 2; }
+done
+
+if [ $QUICK = 1 ]; then
+    BIG64=8M; BIG64_BYTES=$((8 << 20)); BIG256=32M; FSX_OPS=${FSX_OPS:-10000}
+else
+    BIG64=64M; BIG64_BYTES=$((64 << 20)); BIG256=256M; FSX_OPS=${FSX_OPS:-100000}
+fi
+
+STATE=$(mktemp -d "${TMPDIR:-/tmp}/imagefs-fusetests.XXXXXX")
+chmod 755 "$STATE"
+MNT="$STATE/mnt"; CFG="$STATE/imagefs.toml"; LOG="$STATE/mount.log"
+PIDFILE="$STATE/imagefs.pid"; WORK="$STATE/work"
+mkdir -p "$MNT" "$WORK" "$STATE/logs"
+setup_env
+
+cleanup() {
+    do_umount "$MNT" >/dev/null 2>&1 || true
+    local m
+    for m in "$STATE"/mnt-*; do is_mounted "$m" && fusermount3 -uz "$m"; done
+    if [ $KEEP = 1 ]; then
+        echo "state kept in $STATE"
+    elif [ "${FAILED:-0}" -gt 0 ]; then
+        backend teardown >/dev/null 2>&1
+        rm -rf "$STATE/data" "$WORK"/*.raw 2>/dev/null
+        is_mounted "$MNT" || rmdir "$MNT" 2>/dev/null
+        echo "logs kept in $STATE (logs/, mount.log, daemon-*.log)"
+    else
+        backend teardown >/dev/null 2>&1
+        rm -rf "$STATE"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "imagefs fuse-tests: store type $STORE_TYPE, binary $BINARY, state $STATE"
+backend setup
+write_config
+PASSED=0 FAILED=0 FAILED_NAMES=()
+if ! do_mount; then
+    cat "$LOG" >&2
+    FAILED=${#SELECTED[@]}
+    echo "${PASSED} passed, ${FAILED} failed"
+    exit 1
+fi
+
+TEST_TIMEOUT=${TEST_TIMEOUT:-1200}
+for t in "${SELECTED[@]}"; do
+    if ! is_mounted "$MNT" || ! daemon_alive; then
+        echo "  (mount gone or daemon dead before $t: remounting)"
+        fusermount3 -u "$MNT" 2>/dev/null || fusermount3 -uz "$MNT" 2>/dev/null
+        do_mount || { echo "remount failed"; }
+    fi
+    t0=$(date +%s)
+    timeout -k 10 "$TEST_TIMEOUT" bash "$SELF" --_run-one "$t" >"$STATE/logs/$t.log" 2>&1
+    rc=$?
+    dt=$(($(date +%s) - t0))
+    if [ $rc -eq 0 ]; then
+        if ! daemon_alive; then
+            echo "FAIL $t (${dt}s): the imagefs daemon died during the test"
+            FAILED=$((FAILED + 1)); FAILED_NAMES+=("$t")
+        else
+            echo "ok   $t (${dt}s)"
+            PASSED=$((PASSED + 1))
+        fi
+    else
+        [ $rc -eq 124 ] && echo "  timed out after ${TEST_TIMEOUT}s" >>"$STATE/logs/$t.log"
+        echo "FAIL $t (${dt}s)"
+        sed 's/^/    /' "$STATE/logs/$t.log" | tail -40
+        daemon_alive || echo "    (the imagefs daemon is not running any more)"
+        FAILED=$((FAILED + 1)); FAILED_NAMES+=("$t")
+    fi
+done
+
+do_umount || { echo "FAIL unmount at the end"; FAILED=$((FAILED + 1)); FAILED_NAMES+=(unmount); }
+[ $FAILED -eq 0 ] || echo "failed: ${FAILED_NAMES[*]}"
+echo "${PASSED} passed, ${FAILED} failed"
+[ $FAILED -eq 0 ]

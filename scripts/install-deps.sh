@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Install what imagefs and its FUSE test harness (fuse-tests/) need.
+# Idempotent: apt-get runs only when a package is missing (and `apt-get update`
+# only then); the cargo tools are installed only when their binary is absent.
+#
+#   scripts/install-deps.sh            # apt packages + fsx + pjdfstest
+#   scripts/install-deps.sh --no-cargo # apt packages only
+#
+# Cargo tools go to $IMAGEFS_TOOLS (default: <repo>/fuse-tests/.tools, ignored by
+# fuse-tests/.gitignore), binaries in
+# $IMAGEFS_TOOLS/bin. fuse-tests/run.sh looks there.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="${IMAGEFS_TOOLS:-$repo/fuse-tests/.tools}"
+with_cargo=1
+for a in "$@"; do
+    case "$a" in
+        --no-cargo) with_cargo=0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $a" >&2; exit 2 ;;
+    esac
+done
+
+# Debian packages:
+#   fuse3, libfuse3-dev, pkg-config : mounting (fusermount3) and building fuser
+#   libssl-dev : the openssl crate (checksums through libcrypto)
+#   rsync, qemu-utils, attr, pv, coreutils, python3, util-linux, procps,
+#   diffutils, psmisc : the tools the tests drive
+#   rclone : peer filesystem for benchmarks
+#   patch : applies fuse-tests/pjdfstest-flat.patch
+pkgs=(fuse3 libfuse3-dev pkg-config libssl-dev rsync qemu-utils attr rclone pv coreutils
+      python3 util-linux procps diffutils psmisc patch)
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+    # python3 may come from pyenv rather than Debian: accept any python3.
+    if [ "$p" = python3 ] && command -v python3 >/dev/null; then continue; fi
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$p")
+    fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "install-deps: apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+    echo "install-deps: apt packages present"
+fi
+
+# FUSE needs /dev/fuse; allow_other needs user_allow_other in /etc/fuse.conf
+# (only matters when not root, harmless otherwise).
+if [ ! -e /dev/fuse ]; then
+    echo "install-deps: warning: /dev/fuse is missing; FUSE mounts will fail" >&2
+fi
+if [ -w /etc/fuse.conf ] && ! grep -q '^user_allow_other' /etc/fuse.conf; then
+    echo user_allow_other >> /etc/fuse.conf
+fi
+
+[ "$with_cargo" = 1 ] || exit 0
+
+# Cargo tools, pinned. crate:binary:version
+cargo_tools=(
+    "fsx:fsx:0.3.2"
+    "pjdfstest:pjdfstest:0.2.2"
+)
+for t in "${cargo_tools[@]}"; do
+    IFS=: read -r crate bin ver <<<"$t"
+    if [ -x "$tools/bin/$bin" ]; then
+        echo "install-deps: $bin present ($tools/bin/$bin)"
+        continue
+    fi
+    echo "install-deps: cargo install $crate@$ver into $tools"
+    cargo install --locked --root "$tools" --version "$ver" "$crate"
+done
+
+# pjdfstest-flat: the same pjdfstest, patched (fuse-tests/pjdfstest-flat.patch)
+# so that with PJDFSTEST_FLAT=1 it runs every test case directly in the -p
+# directory instead of in a new subdirectory per case: an imagefs store has no
+# subdirectories. The test cases themselves are unchanged.
+if [ -x "$tools/bin/pjdfstest-flat" ]; then
+    echo "install-deps: pjdfstest-flat present ($tools/bin/pjdfstest-flat)"
+else
+    find_src() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/pjdfstest-0.2.2 2>/dev/null | head -1; }
+    src=$(find_src)
+    if [ -z "$src" ]; then
+        # the registry cache was cleaned: installing again extracts the source
+        cargo install --locked --force --root "$tools" --version 0.2.2 pjdfstest
+        src=$(find_src)
+    fi
+    [ -n "$src" ] || { echo "install-deps: cannot find the pjdfstest-0.2.2 source" >&2; exit 1; }
+    tmp=$(mktemp -d)
+    trap 'rm -rf "$tmp"' EXIT
+    cp -r "$src" "$tmp/pjdfstest"
+    (cd "$tmp/pjdfstest" && patch -s -p1 <"$repo/fuse-tests/pjdfstest-flat.patch")
+    echo "install-deps: cargo install pjdfstest-flat (patched pjdfstest 0.2.2) into $tools/pjdfstest-flat"
+    cargo install --locked --path "$tmp/pjdfstest" --root "$tools/pjdfstest-flat"
+    ln -sf ../pjdfstest-flat/bin/pjdfstest "$tools/bin/pjdfstest-flat"
+fi
