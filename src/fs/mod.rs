@@ -494,6 +494,12 @@ impl ImageFs {
             let open = img.io.lock().unwrap().handles() > 0;
             let mut guard = img.staging.lock().await;
             let was_new = guard.as_ref().map(|st| st.mode) == Some(UploadMode::New);
+            if open && guard.is_none() {
+                // Handles still open keep the content after the name is gone:
+                // it moves into a staging that nobody will commit.
+                self.ensure_staging(&img, &mut guard, UploadMode::Modify)
+                    .await?;
+            }
             if !open {
                 if let Some(st) = guard.take() {
                     st.abort().await?;
@@ -886,12 +892,8 @@ impl ImageFs {
     async fn commit(&self, img: &ImageNode, durable: bool) -> FsResult<()> {
         let mut guard = img.staging.lock().await;
         if img.name().is_none() {
-            // Unlinked: nothing to publish; drop the data with the last writer.
-            if img.io.lock().unwrap().writers <= 1 {
-                if let Some(st) = guard.take() {
-                    st.abort().await?;
-                }
-            }
+            // Unlinked: nothing to publish; release() drops the data when
+            // the last handle closes.
             return Ok(());
         }
         match guard.take() {
@@ -952,6 +954,14 @@ impl ImageFs {
         if open::release(&h) {
             if let Err(e) = self.commit(&h.image, false).await {
                 tracing::error!(ino = h.image.ino, "commit at release failed: {e}");
+            }
+        }
+        let unlinked = h.image.name().is_none();
+        if unlinked && h.image.io.lock().unwrap().handles() == 0 {
+            if let Some(st) = h.image.staging.lock().await.take() {
+                if let Err(e) = st.abort().await {
+                    tracing::warn!(ino = h.image.ino, "dropping an unlinked image's data: {e}");
+                }
             }
         }
     }
