@@ -69,6 +69,15 @@ fn fuse_attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// How long the kernel may cache an attribute: not at all while it changes.
+fn ttl_of(a: &Attr, ttl: Duration) -> Duration {
+    if a.volatile {
+        Duration::ZERO
+    } else {
+        ttl
+    }
+}
+
 /// The errno of a failed call, logged once here.
 fn errno(op: &str, e: FsError) -> Errno {
     match e.errno {
@@ -162,6 +171,8 @@ impl Filesystem for FuseAdapter {
         try_add(kc, InitFlags::FUSE_PARALLEL_DIROPS);
         try_add(kc, InitFlags::FUSE_ASYNC_DIO);
         try_add(kc, InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        // The kernel then caches ACL lookups (`ls -l` asks for one per file).
+        try_add(kc, InitFlags::FUSE_POSIX_ACL);
         let passthrough = self.fs.options().passthrough
             && kc.set_max_stack_depth(1).is_ok()
             && try_add(kc, InitFlags::FUSE_PASSTHROUGH);
@@ -178,7 +189,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.run(move |fs| async move {
             match fs.lookup(parent.0, &name).await {
-                Ok(a) => reply.entry(&ttl, &fuse_attr(&a), Generation(0)),
+                Ok(a) => reply.entry(&ttl_of(&a, ttl), &fuse_attr(&a), Generation(0)),
                 Err(e) => reply.error(errno("lookup", e)),
             }
         });
@@ -192,7 +203,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.run(move |fs| async move {
             match fs.getattr(ino.0).await {
-                Ok(a) => reply.attr(&ttl, &fuse_attr(&a)),
+                Ok(a) => reply.attr(&ttl_of(&a, ttl), &fuse_attr(&a)),
                 Err(e) => reply.error(errno("getattr", e)),
             }
         });
@@ -227,7 +238,7 @@ impl Filesystem for FuseAdapter {
         let ttl = self.ttl;
         self.run(move |fs| async move {
             match fs.setattr(ino.0, fh.map(|f| f.0), req).await {
-                Ok(a) => reply.attr(&ttl, &fuse_attr(&a)),
+                Ok(a) => reply.attr(&ttl_of(&a, ttl), &fuse_attr(&a)),
                 Err(e) => reply.error(errno("setattr", e)),
             }
         });
@@ -485,7 +496,7 @@ impl Filesystem for FuseAdapter {
                 INodeNo(e.attr.ino),
                 next,
                 &e.name,
-                &ttl,
+                &ttl_of(&e.attr, ttl),
                 &fuse_attr(&e.attr),
                 Generation(0),
             )
@@ -562,6 +573,12 @@ impl Filesystem for FuseAdapter {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let name = name.to_string_lossy().into_owned();
+        if let Some(answer) = self.fs.getxattr_now(ino.0, &name) {
+            return match answer {
+                Ok(v) => xattr_reply(reply, size, &v),
+                Err(e) => reply.error(errno("getxattr", e)),
+            };
+        }
         self.run(move |fs| async move {
             match fs.getxattr(ino.0, &name).await {
                 Ok(v) => xattr_reply(reply, size, &v),
@@ -625,7 +642,7 @@ impl Filesystem for FuseAdapter {
                 Ok((attr, opened)) => {
                     let reply = CreateReply {
                         reply,
-                        ttl,
+                        ttl: ttl_of(&attr, ttl),
                         attr: fuse_attr(&attr),
                     };
                     reply_opened(&fs, opened, reply)
@@ -633,6 +650,21 @@ impl Filesystem for FuseAdapter {
                 Err(e) => reply.error(errno("create", e)),
             }
         });
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // Images are not terminals or devices (isatty asks TCGETS).
+        reply.error(Errno::ENOTTY);
     }
 
     fn fallocate(

@@ -24,6 +24,8 @@ pub struct Attr {
     pub atime: SystemTime,
     pub mtime: SystemTime,
     pub ctime: SystemTime,
+    /// Changing (an image being written): the kernel must not cache it.
+    pub volatile: bool,
 }
 
 /// Owner reported for everything when `-o uid=,gid=` is given.
@@ -49,6 +51,7 @@ impl Attr {
             atime: meta.and_then(|m| m.atime).unwrap_or(t),
             mtime: t,
             ctime: meta.and_then(|m| m.ctime).unwrap_or(t),
+            volatile: false,
         }
     }
 
@@ -66,6 +69,7 @@ impl Attr {
             atime: meta.atime.unwrap_or(meta.mtime),
             mtime: meta.mtime,
             ctime: meta.ctime.unwrap_or(meta.mtime),
+            volatile: false,
         }
     }
 }

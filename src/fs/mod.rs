@@ -216,6 +216,14 @@ impl ImageFs {
     }
 
     fn staged_attr(&self, img: &ImageNode, s: &Staging) -> Attr {
+        let nlink = if img.name().is_some() { 1 } else { 0 };
+        // A store that builds the image in a real file knows best.
+        if let Some(m) = s.upload.stat() {
+            let mut a = Attr::image(img.ino, &m, self.opts.owner);
+            a.nlink = nlink;
+            a.volatile = true;
+            return a;
+        }
         let len = s.len();
         let o = self.opts.owner;
         Attr {
@@ -224,12 +232,13 @@ impl ImageFs {
             size: len,
             blocks: len.div_ceil(512),
             perm: (s.attrs.mode & 0o7777) as u16,
-            nlink: 1,
+            nlink,
             uid: o.uid.unwrap_or(s.attrs.uid),
             gid: o.gid.unwrap_or(s.attrs.gid),
             atime: s.attrs.atime,
             mtime: s.attrs.mtime,
             ctime: s.attrs.ctime,
+            volatile: true,
         }
     }
 
@@ -237,8 +246,25 @@ impl ImageFs {
         if let Some(s) = &*img.staging.lock().await {
             return Ok(self.staged_attr(img, s));
         }
+        if img.name().is_none() {
+            // Unlinked while open: what it was, with no link left.
+            let last = img.meta.lock().unwrap().as_ref().map(|(_, m)| m.clone());
+            let m =
+                last.ok_or_else(|| err!(libc::ENOENT, "image inode {} was removed", img.ino))?;
+            let mut a = Attr::image(img.ino, &m, self.opts.owner);
+            a.nlink = 0;
+            return Ok(a);
+        }
         let m = self.head(img).await?;
         Ok(Attr::image(img.ino, &m, self.opts.owner))
+    }
+
+    /// Names longer than this leave no room for the upload's temp name.
+    fn check_name_len(name: &str) -> FsResult<()> {
+        if name.len() > 255 - TEMP_PREFIX.len() {
+            return Err(err!(libc::ENAMETOOLONG, "{name:?}: name too long"));
+        }
+        Ok(())
     }
 
     async fn dir_attr(&self, ino: u64, store: Option<usize>) -> FsResult<Attr> {
@@ -267,6 +293,7 @@ impl ImageFs {
                 self.dir_attr(Inodes::store_ino_of(s), Some(s)).await
             }
             Node::Store(s) => {
+                Self::check_name_len(name)?;
                 if name.starts_with(TEMP_PREFIX) || validate_id(name).is_err() {
                     return Err(err!(libc::ENOENT, "{name:?} is not an image name"));
                 }
@@ -464,15 +491,30 @@ impl ImageFs {
         let s = self.store_dir(parent)?;
         self.check_writable(s)?;
         if let Some(img) = self.inodes.by_name(s, name) {
-            let staged = img.staging.lock().await.take();
-            if let Some(st) = staged {
-                let was_new = st.mode == UploadMode::New;
-                st.abort().await?;
-                if was_new {
-                    self.inodes.unlink(s, name);
-                    self.invalidate_listing(s);
-                    return Ok(());
+            let open = img.io.lock().unwrap().handles() > 0;
+            let mut guard = img.staging.lock().await;
+            let was_new = guard.as_ref().map(|st| st.mode) == Some(UploadMode::New);
+            if open && guard.is_none() {
+                // Handles still open keep the content after the name is gone:
+                // it moves into a staging that nobody will commit.
+                self.ensure_staging(&img, &mut guard, UploadMode::Modify)
+                    .await?;
+            }
+            if !open {
+                if let Some(st) = guard.take() {
+                    st.abort().await?;
                 }
+            }
+            // Open handles keep writing into the staged data, as into an
+            // unlinked local file; it is discarded when the last closes.
+            drop(guard);
+            if was_new {
+                self.inodes.unlink(s, name);
+                self.invalidate_listing(s);
+                return Ok(());
+            }
+            if open {
+                let _ = self.head(&img).await; // remembered for fstat
             }
         }
         let result = self.stores[s].delete(name).await;
@@ -499,6 +541,7 @@ impl ImageFs {
             return Err(err!(libc::EINVAL, "RENAME_EXCHANGE is not supported"));
         }
         self.check_writable(s)?;
+        Self::check_name_len(newname)?;
         if validate_id(newname).is_err() {
             return Err(err!(libc::EINVAL, "{newname:?} is not an image name"));
         }
@@ -690,9 +733,7 @@ impl ImageFs {
     ) -> FsResult<(Attr, Opened)> {
         let s = self.store_dir(parent)?;
         self.check_writable(s)?;
-        if name.len() > 255 - TEMP_PREFIX.len() {
-            return Err(err!(libc::ENAMETOOLONG, "{name:?}: name too long"));
-        }
+        Self::check_name_len(name)?;
         validate_id(name).map_err(|e| err!(libc::EINVAL, "{e}"))?;
         // It may exist already: on another mount, or not yet seen here.
         if let Ok(existing) = self.lookup_quiet(parent, name).await {
@@ -849,9 +890,17 @@ impl ImageFs {
 
     /// Publishes `img`'s staged write, if any.
     async fn commit(&self, img: &ImageNode, durable: bool) -> FsResult<()> {
-        let staged = img.staging.lock().await.take();
-        match staged {
-            Some(st) => self.publish(img, st, durable).await,
+        let mut guard = img.staging.lock().await;
+        if img.name().is_none() {
+            // Unlinked: nothing to publish; release() drops the data when
+            // the last handle closes.
+            return Ok(());
+        }
+        match guard.take() {
+            Some(st) => {
+                drop(guard);
+                self.publish(img, st, durable).await
+            }
             None => Ok(()),
         }
     }
@@ -907,24 +956,46 @@ impl ImageFs {
                 tracing::error!(ino = h.image.ino, "commit at release failed: {e}");
             }
         }
+        let unlinked = h.image.name().is_none();
+        if unlinked && h.image.io.lock().unwrap().handles() == 0 {
+            if let Some(st) = h.image.staging.lock().await.take() {
+                if let Err(e) = st.abort().await {
+                    tracing::warn!(ino = h.image.ino, "dropping an unlinked image's data: {e}");
+                }
+            }
+        }
     }
 
     // ---- extended attributes ---------------------------------------------
 
-    pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
-        let img = match self.node(ino)? {
-            Node::Image(img) => img,
-            _ => return Err(err!(libc::ENODATA, "directories have no xattrs")),
+    /// Answers getxattr at once when no store call is needed: names outside
+    /// `user.` (security.capability on every write, security.selinux and
+    /// ACLs on every `ls -l`), directories and the computed location. None:
+    /// ask `getxattr`.
+    pub fn getxattr_now(&self, ino: u64, name: &str) -> Option<FsResult<Vec<u8>>> {
+        let img = match self.node(ino) {
+            Ok(Node::Image(img)) => img,
+            Ok(_) => return Some(Err(err!(libc::ENODATA, "directories have no xattrs"))),
+            Err(e) => return Some(Err(e)),
         };
         if !name.starts_with("user.") {
-            // security.capability is asked on every write: answer at once.
-            return Err(err!(libc::ENODATA, "only user.* xattrs are kept"));
+            return Some(Err(err!(libc::ENODATA, "only user.* xattrs are kept")));
         }
+        if name == XATTR_LOCATION {
+            return Some(
+                Self::name_of(&img).map(|id| self.stores[img.store].location(&id).into_bytes()),
+            );
+        }
+        None
+    }
+
+    pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
+        if let Some(answer) = self.getxattr_now(ino, name) {
+            return answer;
+        }
+        let img = self.image(ino)?;
         let id = Self::name_of(&img)?;
         let store = &self.stores[img.store];
-        if name == XATTR_LOCATION {
-            return Ok(store.location(&id).into_bytes());
-        }
         if img.staging.lock().await.as_ref().map(|s| s.mode) == Some(UploadMode::New) {
             return Err(err!(libc::ENODATA, "{id}: not committed yet"));
         }

@@ -861,6 +861,11 @@ impl Upload for FileUpload {
         self.len
     }
 
+    fn stat(&self) -> Option<ObjectMeta> {
+        let m = self.file.as_ref()?.metadata().ok()?;
+        Some(meta_of(&self.id, &m))
+    }
+
     async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<()> {
         let end = offset + data.len() as u64;
         self.with_file(move |f| f.write_all_at(&data, offset))

@@ -134,6 +134,12 @@ pub trait Upload: Send + Sync {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// What the image being built looks like now, for stores that keep it
+    /// in a real file (size, mode, owner, times); None: the layer above
+    /// tracks attributes itself.
+    fn stat(&self) -> Option<ObjectMeta> {
+        None
+    }
     /// Writes `data` at `offset`. Stores without `random_write` accept only
     /// `offset >= len()` (a forward gap reads as zeros).
     async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<()>;
