@@ -12,6 +12,7 @@
 #   --quick         smaller data and fewer fsx ops (a smoke run, not the suite)
 #   --keep          keep the state directory (data, backends, logs)
 #   --list          list the tests and exit
+#   --skip TEST     do not run TEST (repeatable); it is not counted
 #   TEST ...        run only these tests (names as printed by --list)
 #
 # Prints one line per test and ends with exactly `N passed, N failed`; exits
@@ -909,6 +910,7 @@ BINARY=""
 KEEP=0
 QUICK=0
 SELECTED=()
+SKIP=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --store-type) STORE_TYPE=$2; shift 2 ;;
@@ -918,15 +920,24 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1; shift ;;
         --keep) KEEP=1; shift ;;
         --list) printf '%s\n' "${ALL_TESTS[@]}"; exit 0 ;;
+        --skip) SKIP+=("$2"); shift 2 ;;
+        --skip=*) SKIP+=("${1#*=}"); shift ;;
         -h|--help) sed -n '2,19p' "$SELF"; exit 0 ;;
         -*) echo "unknown option $1" >&2; exit 2 ;;
         *) SELECTED+=("$1"); shift ;;
     esac
 done
 [ ${#SELECTED[@]} -gt 0 ] || SELECTED=("${ALL_TESTS[@]}")
-for t in "${SELECTED[@]}"; do
+for t in "${SELECTED[@]}" "${SKIP[@]}"; do
     declare -F "t_$t" >/dev/null || { echo "no such test: $t (see --list)" >&2; exit 2; }
 done
+if [ ${#SKIP[@]} -gt 0 ]; then
+    kept=()
+    for t in "${SELECTED[@]}"; do
+        case " ${SKIP[*]} " in *" $t "*) echo "skip $t" ;; *) kept+=("$t") ;; esac
+    done
+    SELECTED=("${kept[@]}")
+fi
 declare -F "backend_${STORE_TYPE}_setup" >/dev/null ||
     { echo "unsupported store type: $STORE_TYPE" >&2; exit 2; }
 if [ -z "$BINARY" ]; then BINARY="${CARGO_TARGET_DIR:-$REPO/target}/release/imagefs"; fi
