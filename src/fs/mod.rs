@@ -71,6 +71,19 @@ pub struct SetAttrRequest {
     pub mtime: Option<SystemTime>,
 }
 
+impl SetAttrRequest {
+    /// The mode/owner/times part, as the store takes it.
+    fn attrs(&self) -> SetAttrs {
+        SetAttrs {
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            atime: self.atime,
+            mtime: self.mtime,
+        }
+    }
+}
+
 /// One directory entry.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
@@ -603,14 +616,7 @@ impl ImageFs {
             Node::Image(img) => img,
             Node::Store(s) if req.size.is_none() => {
                 self.check_writable(s)?;
-                let attrs = SetAttrs {
-                    mode: req.mode,
-                    uid: req.uid,
-                    gid: req.gid,
-                    atime: req.atime,
-                    mtime: req.mtime,
-                };
-                self.stores[s].set_root_attrs(&attrs).await?;
+                self.stores[s].set_root_attrs(&req.attrs()).await?;
                 return self.getattr(ino).await;
             }
             Node::Root if req.size.is_none() => {
@@ -620,13 +626,7 @@ impl ImageFs {
         };
         self.check_writable(img.store)?;
         let store = &self.stores[img.store];
-        let attrs = SetAttrs {
-            mode: req.mode,
-            uid: req.uid,
-            gid: req.gid,
-            atime: req.atime,
-            mtime: req.mtime,
-        };
+        let attrs = req.attrs();
         if let Some(size) = req.size {
             let deferred = fh.is_some() || img.io.lock().unwrap().writers > 0;
             let mut guard = img.staging.lock().await;
