@@ -223,7 +223,7 @@ impl Inodes {
 
     /// Moves an inode from one name to another inside a store.
     pub fn rename(&self, store: usize, from: &str, to: &str) {
-        self.unlink_keep(store, to);
+        self.unlink(store, to);
         let mut t = self.table.lock().unwrap();
         if let Some(ino) = t.by_name.remove(&(store, from.to_string())) {
             if let Some(Entry {
@@ -236,10 +236,6 @@ impl Inodes {
             }
             t.by_name.insert((store, to.to_string()), ino);
         }
-    }
-
-    fn unlink_keep(&self, store: usize, name: &str) {
-        self.unlink(store, name)
     }
 
     /// The kernel dropped `n` references.

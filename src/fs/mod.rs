@@ -691,7 +691,7 @@ impl ImageFs {
             None
         };
         let fh = self.new_fh();
-        let (handle, io) = open::choose(&img, fh, write, flags & libc::O_APPEND != 0, false, local);
+        let (handle, io) = open::choose(&img, write, flags & libc::O_APPEND != 0, false, local);
         self.handles.lock().unwrap().insert(fh, handle);
         Ok(Opened { fh, io })
     }
@@ -777,7 +777,6 @@ impl ImageFs {
         let fh = self.new_fh();
         let (handle, io) = open::choose(
             &img,
-            fh,
             is_write(flags),
             flags & libc::O_APPEND != 0,
             true,

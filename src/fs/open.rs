@@ -54,7 +54,6 @@ pub(super) struct Handle {
 /// `local` is the committed file, offered for passthrough.
 pub(super) fn choose(
     image: &Arc<ImageNode>,
-    _fh: u64,
     writable: bool,
     append: bool,
     created: bool,
