@@ -18,10 +18,10 @@ cargo build --release --locked
 install -m 0755 target/release/imagefs /usr/local/bin/imagefs
 
 mkdir -p "$mnt"
-if ! grep -q " $mnt fuse.imagefs " /proc/mounts; then
+if ! grep -q "^imagefs $mnt fuse" /proc/mounts; then
     imagefs mount "$mnt" --log-file /var/log/imagefs.log
 fi
-echo "== mounted: $(grep " $mnt fuse.imagefs " /proc/mounts)"
+echo "== mounted: $(grep "^imagefs $mnt fuse" /proc/mounts)"
 ls -l "$mnt"
 
 # An image, as Glance would name it: a small qcow2 converted from raw.
