@@ -30,7 +30,9 @@ use super::{
 };
 use crate::config::FileStoreConfig;
 
-/// A Glance filesystem store rooted at one data directory.
+/// A Glance filesystem store rooted at one data directory. Cloning copies
+/// its settings (for blocking closures).
+#[derive(Clone)]
 pub struct FileStore {
     name: String,
     datadir: PathBuf,
@@ -570,7 +572,7 @@ impl Store for FileStore {
     }
 
     async fn head(&self, id: &str) -> Result<ObjectMeta> {
-        let this = self.clone_ref();
+        let this = self.clone();
         let id = id.to_string();
         blocking(move || this.head_sync(&id)).await
     }
@@ -582,7 +584,7 @@ impl Store for FileStore {
     }
 
     async fn create_upload(&self, id: &str, mode: UploadMode) -> Result<Box<dyn Upload>> {
-        let this = self.clone_ref();
+        let this = self.clone();
         let id = id.to_string();
         let upload = blocking(move || this.create_upload_sync(&id, mode)).await?;
         Ok(Box::new(upload))
@@ -613,7 +615,7 @@ impl Store for FileStore {
 
     async fn copy(&self, from: &str, to: &str) -> Result<()> {
         let src = self.open_image(from)?;
-        let this = self.clone_ref();
+        let this = self.clone();
         let (from, to) = (from.to_string(), to.to_string());
         blocking(move || {
             let mut up = this.create_upload_sync(&to, UploadMode::New)?;
@@ -723,19 +725,8 @@ impl Store for FileStore {
     }
 
     async fn gc(&self, older_than: Duration, dry_run: bool) -> Result<Vec<Leftover>> {
-        let this = self.clone_ref();
+        let this = self.clone();
         blocking(move || this.gc_sync(older_than, dry_run)).await
-    }
-}
-
-impl FileStore {
-    /// A cheap copy of the store's settings for blocking closures.
-    fn clone_ref(&self) -> FileStore {
-        FileStore {
-            name: self.name.clone(),
-            datadir: self.datadir.clone(),
-            file_perm: self.file_perm,
-        }
     }
 }
 
