@@ -29,8 +29,14 @@ done
 #   diffutils, psmisc : the tools the tests drive
 #   rclone : peer filesystem for benchmarks
 #   patch : applies fuse-tests/pjdfstest-flat.patch
+#   ceph-mon ceph-mgr ceph-osd radosgw ceph-common uuid-runtime curl :
+#       the test cluster of scripts/ceph.sh (RBD, and RGW for S3/Swift)
+#   librados-dev librbd-dev : linking the RBD store
+#   rbd-fuse s3fs : peer filesystems for benchmarks
 pkgs=(fuse3 libfuse3-dev pkg-config libssl-dev rsync qemu-utils attr rclone pv coreutils
-      python3 util-linux procps diffutils psmisc patch)
+      python3 util-linux procps diffutils psmisc patch
+      ceph-mon ceph-mgr ceph-osd radosgw ceph-common uuid-runtime curl librados-dev librbd-dev
+      rbd-fuse s3fs)
 
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -11,9 +11,10 @@ step() { printf '\n==== %s (%ss)\n' "$*" "$(($(date +%s) - start))"; }
 step "install dependencies"
 bash scripts/install-deps.sh
 
-# Real backends: the file store needs none (a local directory); later
-# backends add their start scripts here, and a backend that fails to start
-# fails this command.
+# Real backends: the file store needs none (a local directory). A backend
+# that fails to start fails this command (set -e), never a skip.
+step "start Ceph (mon, mgr, osd, RGW)"
+bash scripts/ceph.sh up --rgw
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
