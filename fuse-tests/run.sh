@@ -36,6 +36,8 @@ ALL_TESTS=(
     hashes_after_overwrite
     glance_thin_write
     commit_at_close
+    dup_close_fsync_write
+    write_while_reading
     backend_image_visible
     exclusive_create
     times_stable_after_create
@@ -436,6 +438,81 @@ EOF
     backend exists a "$id" || fail "no committed object after close"
     if backend leftovers a | grep -q "$id"; then fail "upload leftover for $id after close"; fi
     assert_eq "$(stat -c %s "$SA/$id")" 1048576 "size after close"
+}
+
+t_dup_close_fsync_write() {
+    # Closing a duplicate while the process still holds the file (what
+    # `dd of=` and shell redirections do) does not publish; fsync does; a
+    # write after fsync is in the image at the last close, with checksums
+    # describing the final bytes.
+    local id fifo
+    id=$(newid)
+    fifo="$WORK/dup.fifo"; rm -f "$fifo" "$fifo".*; mkfifo "$fifo"
+    python3 - "$SA/$id" "$fifo" "$WORK/dup_expected" <<'EOF' &
+import os, sys
+path, fifo, expected = sys.argv[1:]
+a, b, c = os.urandom(3 << 20), os.urandom(1 << 20), os.urandom(5000)
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.write(fd, a)
+os.close(os.dup(fd))
+open(fifo + ".dup", "w").close()
+open(fifo).read()
+os.write(fd, b)
+os.fsync(fd)
+open(fifo + ".fsync", "w").close()
+open(fifo).read()
+os.write(fd, c)
+os.close(fd)
+open(expected, "wb").write(a + b + c)
+EOF
+    local w=$! i ok=1 why=""
+    for i in $(seq 100); do [ -e "$fifo.dup" ] && break; sleep 0.1; done
+    [ -e "$fifo.dup" ] || { echo >"$fifo"; fail "writer did not get going"; }
+    if backend exists a "$id"; then ok=0; why="committed after closing a duplicate"; fi
+    echo >"$fifo"
+    for i in $(seq 100); do [ -e "$fifo.fsync" ] && break; sleep 0.1; done
+    if ! backend exists a "$id"; then ok=0; why="$why; not committed by fsync"; fi
+    echo >"$fifo"
+    wait $w || fail "writer failed"
+    [ $ok = 1 ] || fail "$why"
+    cmp "$WORK/dup_expected" "$SA/$id" || fail "image differs from what was written"
+    assert_backend_same "$WORK/dup_expected" a "$id"
+    assert_eq "$(xattr user.imagefs.os_hash_value "$SA/$id")" \
+        "$(sha512sum <"$WORK/dup_expected" | cut -d' ' -f1)" "os_hash_value after a write past fsync"
+    assert_eq "$(xattr user.imagefs.checksum "$SA/$id")" \
+        "$(md5sum <"$WORK/dup_expected" | cut -d' ' -f1)" "checksum after a write past fsync"
+}
+
+t_write_while_reading() {
+    # A writer of an image this mount is reading writes it in place, as a
+    # local file (the kernel makes every open of the inode pass through to
+    # one file); the checksums describe the final bytes.
+    local src id
+    src=$(data wwr_src 6M)
+    id=$(newid)
+    cp "$src" "$SA/$id"
+    python3 - "$SA/$id" "$WORK/wwr_expected" "$src" "$STORE_TYPE" <<'EOF' || fail "write while reading"
+import os, sys
+path, expected, src, store_type = sys.argv[1:]
+data = bytearray(open(src, "rb").read())
+r = os.open(path, os.O_RDONLY)
+os.read(r, 4096)
+w = os.open(path, os.O_WRONLY)
+patch = os.urandom(65536)
+os.pwrite(w, patch, 1 << 20)
+data[1 << 20:(1 << 20) + len(patch)] = patch
+os.close(w)
+if store_type == "file":
+    # Local files: one file, as on a local file system. Other stores are
+    # copy-on-write: a reader keeps the version it opened.
+    assert os.pread(r, len(patch), 1 << 20) == patch, "reader does not see the write"
+os.close(r)
+open(expected, "wb").write(data)
+EOF
+    cmp "$WORK/wwr_expected" "$SA/$id" || fail "image differs from what was written"
+    assert_backend_same "$WORK/wwr_expected" a "$id"
+    assert_eq "$(xattr user.imagefs.os_hash_value "$SA/$id")" \
+        "$(sha512sum <"$WORK/wwr_expected" | cut -d' ' -f1)" "os_hash_value after writing while reading"
 }
 
 t_backend_image_visible() {

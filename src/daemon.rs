@@ -137,6 +137,19 @@ pub fn mount_device(mountpoint: &Path) -> Option<String> {
     })
 }
 
+/// The kernel's id of the mount at `mountpoint` (what /proc/PID/fdinfo
+/// calls `mnt_id`), from /proc/self/mountinfo.
+pub fn mount_id(mountpoint: &Path) -> Option<u64> {
+    let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mountpoint.to_string_lossy();
+    info.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && f[4] == want)
+            .then(|| f[0].parse().ok())
+            .flatten()
+    })
+}
+
 /// Sets the kernel read-ahead of the mount (the bdi FUSE registers for it).
 pub fn set_read_ahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
     let dev = mount_device(mountpoint)

@@ -406,14 +406,15 @@ impl Filesystem for FuseAdapter {
 
     fn flush(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let pid = req.pid();
         self.run(move |fs| async move {
-            match fs.flush(fh.0).await {
+            match fs.flush(fh.0, pid).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(errno("flush", e)),
             }

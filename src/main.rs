@@ -202,7 +202,7 @@ fn serve(
             single_store,
         },
     ));
-    let adapter = FuseAdapter::new(fs, rt.handle().clone());
+    let adapter = FuseAdapter::new(fs.clone(), rt.handle().clone());
     let mut fuse_cfg = fuser::Config::default();
     fuse_cfg.mount_options = opts.fuser_options();
     fuse_cfg.acl = opts.acl;
@@ -210,6 +210,10 @@ fn serve(
     fuse_cfg.clone_fd = true;
     let mut session = fuser::Session::new(adapter, mountpoint, &fuse_cfg)
         .map_err(|e| format!("mounting {}: {e}", mountpoint.display()))?;
+    match daemon::mount_id(mountpoint) {
+        Some(id) => fs.set_mount_id(id),
+        None => tracing::warn!("mount id not found: every close commits"),
+    }
     if let Err(e) = daemon::set_read_ahead(mountpoint, cfg.mount.read_ahead_kb) {
         tracing::warn!("cannot set read_ahead_kb: {e}");
     }

@@ -43,7 +43,8 @@ pub struct MountConfig {
     pub attr_ttl: Duration,
     /// FUSE dispatch threads (`threads`, default 4).
     pub threads: usize,
-    /// Use FUSE passthrough for reads of local files (`passthrough`, default true).
+    /// Use FUSE passthrough for local files: reads of committed images and
+    /// writes of new ones (`passthrough`, default true).
     pub passthrough: bool,
     /// Kernel read-ahead for the mount, KiB (`read_ahead_kb`, default 1024).
     pub read_ahead_kb: u32,

@@ -30,11 +30,11 @@ pub struct IoState {
     pub cached: u32,
     pub direct: u32,
     pub passthrough: u32,
-    /// (dev, ino) of the backing file the passthrough handles share.
-    pub backing: Option<(u64, u64)>,
     /// Keeps the kernel's backing file registration alive while passthrough
     /// handles use it (opaque: the adapter's type).
     pub backing_token: Option<Arc<dyn std::any::Any + Send + Sync>>,
+    /// (dev, ino) of the file the passthrough handles pass through to.
+    pub backing: Option<(u64, u64)>,
     /// Handles that may commit (opened for writing, or that created the image).
     pub writers: u32,
 }

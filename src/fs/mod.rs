@@ -6,6 +6,7 @@
 mod attr;
 mod error;
 mod hash;
+mod holders;
 mod inode;
 #[cfg(test)]
 mod model_tests;
@@ -21,6 +22,7 @@ pub use open::{BackingToken, IoMode, Opened};
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -42,7 +44,8 @@ use staging::{StagedAttrs, Staging};
 pub struct FsOptions {
     /// TTL of attributes and listings, here and in the kernel.
     pub attr_ttl: Duration,
-    /// Serve reads of committed local images by FUSE passthrough.
+    /// Serve reads of committed local images, and writes of new ones, by
+    /// FUSE passthrough.
     pub passthrough: bool,
     /// Mounted read-only (`-o ro`).
     pub read_only: bool,
@@ -114,6 +117,8 @@ pub struct ImageFs {
     next_fh: AtomicU64,
     /// The kernel accepted FUSE passthrough at init.
     passthrough_ok: AtomicBool,
+    /// The kernel's id of this mount (/proc/PID/fdinfo `mnt_id`); 0: unknown.
+    mount_id: AtomicU64,
     /// Times of directories that have none of their own.
     started: SystemTime,
 }
@@ -135,6 +140,7 @@ impl ImageFs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             passthrough_ok: AtomicBool::new(false),
+            mount_id: AtomicU64::new(0),
             started: SystemTime::now(),
         }
     }
@@ -151,6 +157,12 @@ impl ImageFs {
     pub fn set_passthrough_available(&self, ok: bool) {
         self.passthrough_ok
             .store(ok && self.opts.passthrough, Ordering::Relaxed);
+    }
+
+    /// Tells the core the kernel's id of its mount, so that a close can
+    /// tell whether the closing process still holds the image.
+    pub fn set_mount_id(&self, id: u64) {
+        self.mount_id.store(id, Ordering::Relaxed);
     }
 
     fn node(&self, ino: u64) -> FsResult<Node> {
@@ -506,7 +518,7 @@ impl ImageFs {
         if let Some(img) = self.inodes.by_name(s, name) {
             let open = img.io.lock().unwrap().handles() > 0;
             let mut guard = img.staging.lock().await;
-            let was_new = guard.as_ref().map(|st| st.mode) == Some(UploadMode::New);
+            let was_new = unpublished_new(&guard);
             if open && guard.is_none() {
                 // Handles still open keep the content after the name is gone:
                 // it moves into a staging that nobody will commit.
@@ -564,7 +576,7 @@ impl ImageFs {
         }
         // Publish what is being written under the old name first.
         if let Some(img) = self.inodes.by_name(s, name) {
-            self.commit(&img, false).await?;
+            self.commit(&img, false, true).await?;
         }
         // A write in progress under the target name is replaced too.
         if !noreplace {
@@ -669,6 +681,9 @@ impl ImageFs {
         if write {
             self.check_writable(img.store)?;
         }
+        if write {
+            self.join_passthrough_readers(&img).await?;
+        }
         // Make sure it (still) exists, and is fresh for the kernel's cache.
         *img.meta.lock().unwrap() = None;
         let _ = self.image_attr(&img).await?;
@@ -681,8 +696,19 @@ impl ImageFs {
                 st.set_len(0).await?;
             }
         }
-        let staged = img.staging.lock().await.is_some();
-        let local = if !write && !staged && self.passthrough_ok.load(Ordering::Relaxed) {
+        let passthrough = self.passthrough_ok.load(Ordering::Relaxed);
+        let (staged, shared, staged_file) = {
+            let guard = img.staging.lock().await;
+            let shared = guard.as_ref().is_some_and(Staging::is_shared);
+            let file = guard
+                .as_ref()
+                .filter(|_| shared && passthrough)
+                .and_then(|st| st.upload.local_file());
+            (guard.is_some(), shared, file)
+        };
+        let local = if staged {
+            staged_file
+        } else if !write && passthrough {
             let name = Self::name_of(&img)?;
             self.stores[img.store]
                 .local_path(&name)
@@ -691,9 +717,70 @@ impl ImageFs {
             None
         };
         let fh = self.new_fh();
-        let (handle, io) = open::choose(&img, write, flags & libc::O_APPEND != 0, false, local);
+        let (handle, io) = open::choose(
+            &img,
+            write,
+            flags & libc::O_APPEND != 0,
+            false,
+            local,
+            shared,
+        )?;
         self.handles.lock().unwrap().insert(fh, handle);
         Ok(Opened { fh, io })
+    }
+
+    /// A writer of an image this mount already reads by passthrough must
+    /// pass through to the same file (the kernel fails any other open): it
+    /// writes the committed image in place, as a local file would, and
+    /// checksums are recomputed at its last close.
+    async fn join_passthrough_readers(&self, img: &ImageNode) -> FsResult<()> {
+        let mut guard = img.staging.lock().await;
+        let backing = {
+            let io = img.io.lock().unwrap();
+            (io.passthrough > 0).then_some(io.backing).flatten()
+        };
+        let Some(backing) = backing else {
+            return Ok(());
+        };
+        if guard.as_ref().is_some_and(Staging::is_shared) {
+            return Ok(());
+        }
+        let busy = || {
+            err!(
+                libc::EBUSY,
+                "image is open for reading by passthrough on this mount"
+            )
+        };
+        if guard.is_some() {
+            return Err(busy());
+        }
+        let name = Self::name_of(img)?;
+        let store = &self.stores[img.store];
+        let meta = self.head(img).await?;
+        let Ok(upload) = store.open_in_place(&name).await else {
+            return Err(busy());
+        };
+        let same = upload
+            .local_file()
+            .and_then(|f| f.metadata().ok())
+            .is_some_and(|m| (m.dev(), m.ino()) == backing);
+        let now = SystemTime::now();
+        let attrs = StagedAttrs {
+            mode: meta.mode.unwrap_or(0o644),
+            uid: meta.uid.unwrap_or(0),
+            gid: meta.gid.unwrap_or(0),
+            atime: meta.atime.unwrap_or(meta.mtime),
+            mtime: now,
+            ctime: now,
+        };
+        let mut st = Staging::new(upload, UploadMode::Modify, attrs, self.opts.hashing);
+        if !same || st.share().is_none() {
+            // The readers hold an older version of the image.
+            st.abort().await?;
+            return Err(busy());
+        }
+        *guard = Some(st);
+        Ok(())
     }
 
     /// The kernel could not use the passthrough file offered for `fh`: it is
@@ -771,6 +858,14 @@ impl ImageFs {
                 })
                 .await?;
         }
+        // The kernel writes a new local image itself (passthrough): no
+        // round trip, no copy through this process.
+        let local = if self.passthrough_ok.load(Ordering::Relaxed) {
+            staging.share()
+        } else {
+            None
+        };
+        let shared = staging.is_shared();
         let img = self.inodes.image(s, name, 1);
         let attr = self.staged_attr(&img, &staging);
         *img.staging.lock().await = Some(staging);
@@ -780,8 +875,9 @@ impl ImageFs {
             is_write(flags),
             flags & libc::O_APPEND != 0,
             true,
-            None,
-        );
+            local,
+            shared,
+        )?;
         self.handles.lock().unwrap().insert(fh, handle);
         self.invalidate_listing(s);
         Ok((attr, Opened { fh, io }))
@@ -887,13 +983,30 @@ impl ImageFs {
         Ok(st.copy_from(&src_name, off_in, off_out, len).await?)
     }
 
-    /// Publishes `img`'s staged write, if any.
-    async fn commit(&self, img: &ImageNode, durable: bool) -> FsResult<()> {
+    /// Publishes `img`'s staged write, if any. A staging the kernel writes
+    /// (passthrough) stays, published in place, until `last`: the last
+    /// writer's release, after which the kernel cannot write it any more.
+    async fn commit(&self, img: &ImageNode, durable: bool, last: bool) -> FsResult<()> {
         let mut guard = img.staging.lock().await;
         if img.name().is_none() {
             // Unlinked: nothing to publish; release() drops the data when
             // the last handle closes.
             return Ok(());
+        }
+        if let Some(st) = guard.as_mut().filter(|st| st.is_shared() && !last) {
+            let store = &*self.stores[img.store];
+            let result = st.publish(store, self.opts.hashing, durable).await;
+            self.invalidate_listing(img.store);
+            return match result {
+                Ok(meta) => {
+                    *img.meta.lock().unwrap() = Some((Instant::now(), meta));
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::warn!(store = store.name(), "publish failed: {e}");
+                    Err(e.into())
+                }
+            };
         }
         match guard.take() {
             Some(st) => {
@@ -923,8 +1036,11 @@ impl ImageFs {
         }
     }
 
-    /// close(): commits what this handle (or another of the inode) wrote.
-    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+    /// close() by process `pid` (0: unknown): commits what this handle (or
+    /// another of the inode) wrote, unless `pid` still holds the image open
+    /// (it closed a duplicate, as `dd of=` and shell redirections do): its
+    /// last close commits then.
+    pub async fn flush(&self, fh: u64, pid: u32) -> FsResult<()> {
         let may_commit = {
             let h = self.handles.lock().unwrap();
             match h.get(&fh) {
@@ -934,14 +1050,24 @@ impl ImageFs {
         };
         if may_commit {
             let (img, _, _) = self.handle(fh)?;
-            self.commit(&img, false).await?;
+            let mount_id = self.mount_id.load(Ordering::Relaxed);
+            if pid != 0 && mount_id != 0 {
+                let ino = img.ino;
+                let held = tokio::task::spawn_blocking(move || holders::holds(pid, mount_id, ino))
+                    .await
+                    .unwrap_or(false);
+                if held {
+                    return Ok(());
+                }
+            }
+            self.commit(&img, false, false).await?;
         }
         Ok(())
     }
 
     pub async fn fsync(&self, fh: u64) -> FsResult<()> {
         let (img, _, _) = self.handle(fh)?;
-        self.commit(&img, true).await
+        self.commit(&img, true, false).await
     }
 
     /// Last close of a handle; commits leftovers of the last writer (mmap
@@ -951,7 +1077,7 @@ impl ImageFs {
             return;
         };
         if open::release(&h) {
-            if let Err(e) = self.commit(&h.image, false).await {
+            if let Err(e) = self.commit(&h.image, false, true).await {
                 tracing::error!(ino = h.image.ino, "commit at release failed: {e}");
             }
         }
@@ -995,7 +1121,7 @@ impl ImageFs {
         let img = self.image(ino)?;
         let id = Self::name_of(&img)?;
         let store = &self.stores[img.store];
-        if img.staging.lock().await.as_ref().map(|s| s.mode) == Some(UploadMode::New) {
+        if unpublished_new(&*img.staging.lock().await) {
             return Err(err!(libc::ENODATA, "{id}: not committed yet"));
         }
         Ok(store.get_xattr(&id, name).await?)
@@ -1008,7 +1134,7 @@ impl ImageFs {
         };
         let id = Self::name_of(&img)?;
         let mut names = vec![XATTR_LOCATION.to_string()];
-        if img.staging.lock().await.as_ref().map(|s| s.mode) != Some(UploadMode::New) {
+        if !unpublished_new(&*img.staging.lock().await) {
             names.extend(
                 self.stores[img.store]
                     .list_xattrs(&id)
@@ -1051,7 +1177,7 @@ impl ImageFs {
             XattrMode::Any
         };
         // Attributes belong to the committed image: publish a pending write.
-        self.commit(&img, false).await?;
+        self.commit(&img, false, false).await?;
         Ok(self.stores[img.store]
             .set_xattr(&id, name, value, mode)
             .await?)
@@ -1062,10 +1188,16 @@ impl ImageFs {
         if name.starts_with(XATTR_IMAGEFS_PREFIX) {
             return Err(err!(libc::EPERM, "{name} is computed by imagefs"));
         }
-        self.commit(&img, false).await?;
+        self.commit(&img, false, false).await?;
         match self.stores[img.store].remove_xattr(&id, name).await {
             Err(StoreError::NoAttribute) => Err(err!(libc::ENODATA, "{name} is not set")),
             other => Ok(other?),
         }
     }
+}
+
+/// Whether a staging creates an image nobody can see yet.
+fn unpublished_new(st: &Option<Staging>) -> bool {
+    st.as_ref()
+        .is_some_and(|st| st.mode == UploadMode::New && !st.is_published())
 }

@@ -128,7 +128,7 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Close => {
                 if let Some(h) = fh.take() {
-                    fs.flush(h).await.unwrap();
+                    fs.flush(h, 0).await.unwrap();
                     fs.release(h).await;
                     committed = current.clone();
                 }
@@ -138,7 +138,7 @@ async fn run(ops: Vec<Op>) {
         assert_eq!(fs.getattr(ino).await.unwrap().size, current.len() as u64);
     }
     if let Some(h) = fh.take() {
-        fs.flush(h).await.unwrap();
+        fs.flush(h, 0).await.unwrap();
         fs.release(h).await;
     }
     assert_eq!(on_disk(), current);

@@ -1,14 +1,18 @@
 //! Open handles and how each talks to the kernel: FUSE passthrough to the
-//! committed local file, the page cache, or direct I/O. The kernel refuses to
-//! mix passthrough and page-cache handles on one inode, and needs every
-//! passthrough handle of an inode to share one backing file; direct I/O
-//! handles mix with both. This module keeps those rules.
+//! local file (the committed image, or the file the kernel writes a new
+//! image into), the page cache, or direct I/O (when the kernel refuses a
+//! passthrough file). While an inode has passthrough handles the kernel
+//! fails (EIO) any open that does not pass through to the same backing
+//! file, and it refuses passthrough while page-cache handles are open. This
+//! module keeps those rules.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
+use super::error::FsResult;
 use super::inode::ImageNode;
+use crate::err;
 
 /// How the adapter must answer an open.
 #[derive(Debug)]
@@ -51,30 +55,37 @@ pub(super) struct Handle {
 }
 
 /// Decides the I/O mode of a new handle and records it on the inode.
-/// `local` is the committed file, offered for passthrough.
+/// `local` is a file offered for passthrough: the committed image, or the
+/// staging's file when `shared` (the kernel writes it). While an inode has
+/// passthrough handles the kernel wants every new open to pass through to
+/// the same file: readers join them, and so do writers of a shared staging;
+/// a writer of a committed image being read that way would change it under
+/// its readers, and gets EBUSY.
 pub(super) fn choose(
     image: &Arc<ImageNode>,
     writable: bool,
     append: bool,
     created: bool,
     local: Option<File>,
-) -> (Handle, IoMode) {
+    shared: bool,
+) -> FsResult<(Handle, IoMode)> {
     let mut io = image.io.lock().unwrap();
-    let key = local
-        .as_ref()
-        .and_then(|f| f.metadata().ok())
-        .map(|m| (m.dev(), m.ino()));
-    let (kind, mode) = match (key, local) {
-        (Some(key), Some(file)) if io.cached == 0 => match io.backing {
-            None => {
-                io.backing = Some(key);
+    let (kind, mode) = if io.passthrough > 0 {
+        if writable && !shared {
+            return Err(err!(
+                libc::EBUSY,
+                "image is open for reading by passthrough on this mount"
+            ));
+        }
+        (Kind::Passthrough, IoMode::Passthrough(None))
+    } else {
+        match local {
+            Some(file) if io.cached == 0 => {
+                io.backing = file.metadata().ok().map(|m| (m.dev(), m.ino()));
                 (Kind::Passthrough, IoMode::Passthrough(Some(file)))
             }
-            Some(current) if current == key => (Kind::Passthrough, IoMode::Passthrough(None)),
-            Some(_) => (Kind::Direct, IoMode::DirectIo),
-        },
-        _ if io.passthrough > 0 => (Kind::Direct, IoMode::DirectIo),
-        _ => (Kind::Cached, IoMode::Cached),
+            _ => (Kind::Cached, IoMode::Cached),
+        }
     };
     match kind {
         Kind::Cached => io.cached += 1,
@@ -91,7 +102,7 @@ pub(super) fn choose(
         created,
         kind,
     };
-    (handle, mode)
+    Ok((handle, mode))
 }
 
 /// A passthrough the kernel refused becomes direct I/O.

@@ -2,7 +2,9 @@
 //! checksums computed while the data streams, and the commit that publishes
 //! it. Sequential writes (with forward gaps, as Glance's thin provisioning
 //! does) keep the streaming hash; any other write drops it and the checksums
-//! are recomputed from the staged data at commit.
+//! are recomputed from the staged data at commit. A staging may instead be
+//! shared with the kernel, which then writes the upload's file itself (FUSE
+//! passthrough): it sees no data, and checksums are computed at commit.
 
 use std::time::SystemTime;
 
@@ -26,6 +28,24 @@ pub struct StagedAttrs {
     pub ctime: SystemTime,
 }
 
+/// What a file looked like when last seen: on stores that offer
+/// `Upload::local_file` any change moves the ctime, so an equal stamp means
+/// nothing was written since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    size: u64,
+    ctime: Option<SystemTime>,
+}
+
+impl Stamp {
+    pub fn of(m: &ObjectMeta) -> Stamp {
+        Stamp {
+            size: m.size,
+            ctime: m.ctime,
+        }
+    }
+}
+
 /// A write in progress on one image.
 pub struct Staging {
     pub upload: Box<dyn Upload>,
@@ -34,6 +54,13 @@ pub struct Staging {
     hasher: Option<StreamHasher>,
     /// A whole-image server-side copy in progress: (source, bytes copied).
     copy_of: Option<(String, u64)>,
+    /// The kernel writes the upload's file directly.
+    shared: bool,
+    /// The shared file right after the last copy_from.
+    copy_stamp: Option<Stamp>,
+    /// Published while kernel writers stay open: the file as published, and
+    /// its checksums.
+    published: Option<(Stamp, Option<Checksums>)>,
 }
 
 impl std::fmt::Debug for Staging {
@@ -63,7 +90,38 @@ impl Staging {
             attrs,
             hasher,
             copy_of: None,
+            shared: false,
+            copy_stamp: None,
+            published: None,
         }
+    }
+
+    /// Hands the upload's file to the kernel for passthrough writes, if the
+    /// store offers one; from then on checksums are computed at commit.
+    pub fn share(&mut self) -> Option<std::fs::File> {
+        let file = self.upload.local_file()?;
+        self.shared = true;
+        self.hasher = None;
+        Some(file)
+    }
+
+    pub fn is_shared(&self) -> bool {
+        self.shared
+    }
+
+    /// Whether `publish` made it visible already.
+    pub fn is_published(&self) -> bool {
+        self.published.is_some()
+    }
+
+    fn stamp(&self) -> Option<Stamp> {
+        self.upload.stat().as_ref().map(Stamp::of)
+    }
+
+    /// Whether a whole-image copy is all the upload holds: nothing was
+    /// written past the layer above (the kernel, when shared) since.
+    fn still_a_copy(&self) -> bool {
+        !self.shared || (self.copy_stamp.is_some() && self.stamp() == self.copy_stamp)
     }
 
     pub fn len(&self) -> u64 {
@@ -102,7 +160,11 @@ impl Staging {
         if matches!(&self.copy_of, Some((_, n)) if *n != len) {
             self.copy_of = None;
         }
+        let was_a_copy = self.copy_of.is_some() && self.still_a_copy();
         self.upload.set_len(len).await?;
+        if was_a_copy {
+            self.copy_stamp = self.stamp();
+        }
         self.touch();
         Ok(())
     }
@@ -110,18 +172,29 @@ impl Staging {
     /// Server-side copy of a range of committed image `src` into the upload.
     pub async fn copy_from(&mut self, src: &str, src_off: u64, off: u64, len: u64) -> Result<u64> {
         let whole_so_far = match &self.copy_of {
-            Some((s, n)) => s == src && *n == off && src_off == off,
-            None => self.upload.is_empty() && off == 0 && src_off == 0 && self.hasher.is_some(),
+            Some((s, n)) => s == src && *n == off && src_off == off && self.still_a_copy(),
+            None => {
+                self.upload.is_empty()
+                    && off == 0
+                    && src_off == 0
+                    && (self.hasher.is_some() || self.shared)
+            }
         };
         let n = self.upload.copy_from(src, src_off, off, len).await?;
         self.hasher = None;
         self.copy_of = whole_so_far.then(|| (src.to_string(), off + n));
+        self.copy_stamp = self.stamp();
         self.touch();
         Ok(n)
     }
 
     pub async fn set_attrs(&mut self, attrs: &SetAttrs) -> Result<()> {
+        let was_a_copy = self.copy_of.is_some() && self.still_a_copy();
         self.upload.set_attrs(attrs).await?;
+        if was_a_copy {
+            // Our own change: the content is still the copy.
+            self.copy_stamp = self.stamp();
+        }
         if let Some(m) = attrs.mode {
             self.attrs.mode = m;
         }
@@ -158,19 +231,63 @@ impl Staging {
         let Some(algo) = algo else {
             return self.upload.commit(None, durable).await;
         };
+        if self.shared {
+            let sums = self.shared_sums(store, algo).await?;
+            return self.upload.commit(Some(sums), durable).await;
+        }
         let len = self.upload.len();
+        let still_a_copy = self.still_a_copy();
         let sums = match (self.hasher, &self.copy_of) {
             (Some(mut h), _) => {
                 h.update_zeros(len.saturating_sub(h.fed()));
                 Some(finish(h).await)
             }
-            (None, Some((src, n))) if *n == len => match copied_sums(store, src, algo, len).await {
-                Some(s) => Some(s),
-                None => Some(rehash(&*self.upload, algo).await?),
-            },
+            (None, Some((src, n))) if *n == len && still_a_copy => {
+                match copied_sums(store, src, algo, len).await {
+                    Some(s) => Some(s),
+                    None => Some(rehash(&*self.upload, algo).await?),
+                }
+            }
             (None, _) => Some(rehash(&*self.upload, algo).await?),
         };
         self.upload.commit(sums, durable).await
+    }
+
+    /// Makes a shared staging's content visible now, keeping the staging:
+    /// the kernel may go on writing its file (see `Upload::publish`).
+    pub async fn publish(
+        &mut self,
+        store: &dyn Store,
+        algo: Option<HashAlgorithm>,
+        durable: bool,
+    ) -> Result<ObjectMeta> {
+        let sums = match algo {
+            Some(algo) => Some(self.shared_sums(store, algo).await?),
+            None => None,
+        };
+        let meta = self.upload.publish(sums.clone(), durable).await?;
+        self.published = Some((Stamp::of(&meta), sums));
+        self.touch();
+        Ok(meta)
+    }
+
+    /// Checksums of a shared staging: those of its last publish if nothing
+    /// changed since, those of a whole-image copy's source, or read back.
+    async fn shared_sums(&self, store: &dyn Store, algo: HashAlgorithm) -> Result<Checksums> {
+        if let Some((stamp, Some(sums))) = &self.published {
+            if self.stamp() == Some(*stamp) && sums.os_hash_algo == algo.name() {
+                return Ok(sums.clone());
+            }
+        }
+        let len = self.upload.len();
+        if let Some((src, n)) = &self.copy_of {
+            if *n == len && self.still_a_copy() {
+                if let Some(s) = copied_sums(store, src, algo, len).await {
+                    return Ok(s);
+                }
+            }
+        }
+        rehash(&*self.upload, algo).await
     }
 
     pub async fn abort(self) -> Result<()> {

@@ -75,7 +75,7 @@ async fn create(fs: &ImageFs, dir: u64, name: &str) -> (u64, u64) {
 }
 
 async fn close(fs: &ImageFs, fh: u64) -> FsResult<()> {
-    let r = fs.flush(fh).await;
+    let r = fs.flush(fh, 0).await;
     fs.release(fh).await;
     r
 }

@@ -37,6 +37,34 @@ pub struct FileStore {
     name: String,
     datadir: PathBuf,
     file_perm: Option<u32>,
+    /// Every write moves a file's ctime here, however close together
+    /// (multigrain timestamps): uploads may then be written by the kernel
+    /// directly (FUSE passthrough) with changes still detectable.
+    fine_ctime: bool,
+}
+
+/// Whether two changes to a file in `dir` always get different ctimes once
+/// the first was looked at (Linux >= 6.13 on ext4, xfs, btrfs, tmpfs). Probed
+/// on an unnamed temp file: a few hundred writes, each between two fstats.
+fn ctime_is_fine_grained(dir: &Path) -> bool {
+    let probe = || -> io::Result<bool> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_TMPFILE)
+            .mode(0o600)
+            .open(dir)?;
+        for i in 0..300u64 {
+            let before = f.metadata()?;
+            f.write_all_at(b"x", i)?;
+            let after = f.metadata()?;
+            if (before.ctime(), before.ctime_nsec()) == (after.ctime(), after.ctime_nsec()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    probe().unwrap_or(false)
 }
 
 /// Runs blocking file-system work off the async executor.
@@ -315,10 +343,13 @@ impl FileStore {
                 datadir.display()
             )));
         }
+        let fine_ctime = ctime_is_fine_grained(&datadir);
+        tracing::debug!(store = name, fine_ctime, "datadir timestamps probed");
         Ok(FileStore {
             name: name.to_string(),
             datadir,
             file_perm: cfg.file_perm,
+            fine_ctime,
         })
     }
 
@@ -422,6 +453,9 @@ impl FileStore {
             replace: mode != UploadMode::New,
             datadir: self.datadir.clone(),
             file_perm: self.file_perm,
+            shareable: self.fine_ctime,
+            published: false,
+            in_place: false,
         };
         if existing {
             // Keep mode, owner and user xattrs across an overwrite; Modify
@@ -587,6 +621,38 @@ impl Store for FileStore {
         let this = self.clone();
         let id = id.to_string();
         let upload = blocking(move || this.create_upload_sync(&id, mode)).await?;
+        Ok(Box::new(upload))
+    }
+
+    async fn open_in_place(&self, id: &str) -> Result<Box<dyn Upload>> {
+        validate_id(id).map_err(|_| StoreError::NotFound(id.into()))?;
+        if !self.fine_ctime {
+            return Err(StoreError::NotSupported("writing an image in place"));
+        }
+        let path = self.path(id);
+        let id = id.to_string();
+        let this = self.clone();
+        let upload = blocking(move || {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| StoreError::io(&id, e))?;
+            Ok(FileUpload {
+                len: file.metadata().map_err(|e| StoreError::io(&id, e))?.len(),
+                temp: path.clone(),
+                path,
+                id,
+                file: Some(file),
+                replace: true,
+                datadir: this.datadir.clone(),
+                file_perm: this.file_perm,
+                shareable: true,
+                published: true,
+                in_place: true,
+            })
+        })
+        .await?;
         Ok(Box::new(upload))
     }
 
@@ -757,6 +823,12 @@ pub struct FileUpload {
     replace: bool,
     datadir: PathBuf,
     file_perm: Option<u32>,
+    /// The temp file may be handed to the kernel (see `local_file`).
+    shareable: bool,
+    /// `publish` linked the temp file as `<id>` too.
+    published: bool,
+    /// Writes `<id>` itself (`open_in_place`): there is no temp file.
+    in_place: bool,
 }
 
 impl FileUpload {
@@ -783,41 +855,110 @@ impl FileUpload {
         out.map_err(|e| StoreError::io(id, e))
     }
 
+    /// Checksums and the configured mode onto the temp file, and its data
+    /// onto stable storage if `durable`.
+    fn finish_file(&self, file: &File, sums: &Option<Checksums>, durable: bool) -> Result<()> {
+        let id = &self.id;
+        if let Some(s) = sums {
+            for (name, value) in [
+                (XATTR_CHECKSUM, &s.md5),
+                (XATTR_OS_HASH_ALGO, &s.os_hash_algo),
+                (XATTR_OS_HASH_VALUE, &s.os_hash_value),
+            ] {
+                if let Err(e) = fset_xattr(file, name, value.as_bytes()) {
+                    // A file system without user xattrs still stores the image.
+                    tracing::warn!(id, "cannot store {name}: {e}");
+                }
+            }
+        }
+        if let Some(perm) = self.file_perm.filter(|p| *p > 0) {
+            set_file_attrs(
+                file,
+                &SetAttrs {
+                    mode: Some(perm),
+                    ..SetAttrs::default()
+                },
+            )
+            .map_err(|e| StoreError::io(id, e))?;
+        }
+        if durable {
+            file.sync_all().map_err(|e| StoreError::io(id, e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether `<id>` is (still) the temp file itself, linked by `publish`.
+    fn linked(&self, file: &File) -> bool {
+        let (Ok(a), Ok(b)) = (file.metadata(), fs::metadata(&self.path)) else {
+            return false;
+        };
+        (a.dev(), a.ino()) == (b.dev(), b.ino())
+    }
+
+    fn sync_datadir(&self) -> Result<()> {
+        File::open(&self.datadir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| StoreError::io(&self.id, e))
+    }
+
+    fn publish_sync(&mut self, sums: Option<Checksums>, durable: bool) -> Result<ObjectMeta> {
+        let file = self.file.take().expect("upload used after commit or abort");
+        let result = (|| -> Result<ObjectMeta> {
+            self.finish_file(&file, &sums, durable)?;
+            if !self.linked(&file) {
+                let id = &self.id;
+                if self.replace || self.published {
+                    // Atomically replace <id>: a second link, renamed over it.
+                    let side = self.datadir.join(format!("{TEMP_PREFIX}{id}.publish"));
+                    let _ = fs::remove_file(&side);
+                    fs::hard_link(&self.temp, &side)
+                        .and_then(|()| fs::rename(&side, &self.path))
+                        .map_err(|e| {
+                            let _ = fs::remove_file(&side);
+                            StoreError::io(id, e)
+                        })?;
+                } else {
+                    // New image: fails with EEXIST if another writer won.
+                    fs::hard_link(&self.temp, &self.path).map_err(|e| StoreError::io(id, e))?;
+                }
+                self.published = true;
+            }
+            if durable {
+                self.sync_datadir()?;
+            }
+            let m = file.metadata().map_err(|e| StoreError::io(&self.id, e))?;
+            Ok(meta_of(&self.id, &m))
+        })();
+        self.file = Some(file);
+        result
+    }
+
     fn commit_sync(&mut self, sums: Option<Checksums>, durable: bool) -> Result<ObjectMeta> {
         let file = self.file.take().expect("upload committed twice");
         let id = self.id.clone();
-        let result = (|| -> Result<ObjectMeta> {
-            if let Some(s) = &sums {
-                for (name, value) in [
-                    (XATTR_CHECKSUM, &s.md5),
-                    (XATTR_OS_HASH_ALGO, &s.os_hash_algo),
-                    (XATTR_OS_HASH_VALUE, &s.os_hash_value),
-                ] {
-                    if let Err(e) = fset_xattr(&file, name, value.as_bytes()) {
-                        // A file system without user xattrs still stores the image.
-                        tracing::warn!(id, "cannot store {name}: {e}");
-                    }
+        if self.published && self.linked(&file) {
+            // <id> is this very file already: finish it, drop the temp name.
+            let result = self.finish_file(&file, &sums, durable).and_then(|()| {
+                if !self.in_place {
+                    fs::remove_file(&self.temp).map_err(|e| StoreError::io(&id, e))?;
                 }
+                if durable {
+                    self.sync_datadir()?;
+                }
+                let m = file.metadata().map_err(|e| StoreError::io(&id, e))?;
+                Ok(meta_of(&id, &m))
+            });
+            if result.is_err() && !self.in_place {
+                let _ = fs::remove_file(&self.temp);
             }
-            if let Some(perm) = self.file_perm.filter(|p| *p > 0) {
-                set_file_attrs(
-                    &file,
-                    &SetAttrs {
-                        mode: Some(perm),
-                        ..SetAttrs::default()
-                    },
-                )
+            return result;
+        }
+        let result = (|| -> Result<ObjectMeta> {
+            self.finish_file(&file, &sums, durable)?;
+            rename_file(&self.temp, &self.path, self.replace || self.published)
                 .map_err(|e| StoreError::io(&id, e))?;
-            }
             if durable {
-                file.sync_all().map_err(|e| StoreError::io(&id, e))?;
-            }
-            rename_file(&self.temp, &self.path, self.replace)
-                .map_err(|e| StoreError::io(&id, e))?;
-            if durable {
-                File::open(&self.datadir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(|e| StoreError::io(&id, e))?;
+                self.sync_datadir()?;
             }
             let m = file.metadata().map_err(|e| StoreError::io(&id, e))?;
             Ok(meta_of(&id, &m))
@@ -830,7 +971,7 @@ impl FileUpload {
     }
 
     fn abort_sync(&mut self) {
-        if self.file.take().is_some() {
+        if self.file.take().is_some() && !self.in_place {
             let _ = fs::remove_file(&self.temp);
         }
     }
@@ -849,7 +990,18 @@ impl Upload for FileUpload {
     }
 
     fn len(&self) -> u64 {
-        self.len
+        // The kernel may write the file directly (local_file): ask it.
+        match self.file.as_ref().map(File::metadata) {
+            Some(Ok(m)) => m.len(),
+            _ => self.len,
+        }
+    }
+
+    fn local_file(&self) -> Option<File> {
+        self.file
+            .as_ref()
+            .filter(|_| self.shareable)
+            .and_then(|f| f.try_clone().ok())
     }
 
     fn stat(&self) -> Option<ObjectMeta> {
@@ -899,6 +1051,33 @@ impl Upload for FileUpload {
     async fn set_attrs(&mut self, attrs: &SetAttrs) -> Result<()> {
         let attrs = attrs.clone();
         self.with_file(move |f| set_file_attrs(f, &attrs)).await
+    }
+
+    async fn publish(&mut self, sums: Option<Checksums>, durable: bool) -> Result<ObjectMeta> {
+        let file = self.file.take().expect("upload used after commit or abort");
+        let mut me = FileUpload {
+            file: Some(file),
+            id: self.id.clone(),
+            path: self.path.clone(),
+            temp: self.temp.clone(),
+            len: self.len,
+            replace: self.replace,
+            datadir: self.datadir.clone(),
+            file_perm: self.file_perm,
+            shareable: self.shareable,
+            published: self.published,
+            in_place: self.in_place,
+        };
+        let (me, result) = tokio::task::spawn_blocking(move || {
+            let r = me.publish_sync(sums, durable);
+            (me, r)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("worker thread failed: {e}")))?;
+        let mut me = me;
+        self.file = me.file.take();
+        self.published = me.published;
+        result
     }
 
     async fn commit(

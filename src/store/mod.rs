@@ -140,6 +140,14 @@ pub trait Upload: Send + Sync {
     fn stat(&self) -> Option<ObjectMeta> {
         None
     }
+    /// A file the kernel may read and write directly (FUSE passthrough)
+    /// instead of sending each write through `write_at`. Only offered where
+    /// `len` and `stat` follow the file itself and every change to it moves
+    /// its ctime (multigrain timestamps), so the layer above can tell
+    /// whether anything was written since it last looked.
+    fn local_file(&self) -> Option<std::fs::File> {
+        None
+    }
     /// Writes `data` at `offset`. Stores without `random_write` accept only
     /// `offset >= len()` (a forward gap reads as zeros).
     async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<()>;
@@ -153,6 +161,13 @@ pub trait Upload: Send + Sync {
         -> Result<u64>;
     /// Applies mode/owner/times to the image being built.
     async fn set_attrs(&mut self, attrs: &SetAttrs) -> Result<()>;
+    /// Makes the content as it is now visible as image `id` (with its
+    /// checksums) while the upload goes on: later writes change the
+    /// published image in place, and `commit` ends the upload. For uploads
+    /// whose `local_file` the kernel writes, whose writers outlive a commit.
+    async fn publish(&mut self, _sums: Option<Checksums>, _durable: bool) -> Result<ObjectMeta> {
+        Err(StoreError::NotSupported("publishing an upload in progress"))
+    }
     /// Makes the content visible as image `id`, with its checksums;
     /// `durable` also waits until data and name are on stable storage (fsync).
     async fn commit(self: Box<Self>, sums: Option<Checksums>, durable: bool) -> Result<ObjectMeta>;
@@ -189,6 +204,12 @@ pub trait Store: Send + Sync {
     /// Reads `len` bytes at `offset` (fewer at the end of the image).
     async fn read(&self, id: &str, offset: u64, len: u32) -> Result<Bytes>;
     async fn create_upload(&self, id: &str, mode: UploadMode) -> Result<Box<dyn Upload>>;
+    /// An upload that writes committed image `id` itself, in place (the
+    /// kernel is already reading that very file by passthrough, and a new
+    /// open must pass through to it too). Stores that offer `local_file`.
+    async fn open_in_place(&self, _id: &str) -> Result<Box<dyn Upload>> {
+        Err(StoreError::NotSupported("writing an image in place"))
+    }
     async fn delete(&self, id: &str) -> Result<()>;
     /// Renames inside the store; `replace` false fails with AlreadyExists.
     async fn rename(&self, from: &str, to: &str, replace: bool) -> Result<()>;
