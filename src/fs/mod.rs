@@ -764,15 +764,7 @@ impl ImageFs {
             .local_file()
             .and_then(|f| f.metadata().ok())
             .is_some_and(|m| (m.dev(), m.ino()) == backing);
-        let now = SystemTime::now();
-        let attrs = StagedAttrs {
-            mode: meta.mode.unwrap_or(0o644),
-            uid: meta.uid.unwrap_or(0),
-            gid: meta.gid.unwrap_or(0),
-            atime: meta.atime.unwrap_or(meta.mtime),
-            mtime: now,
-            ctime: now,
-        };
+        let attrs = StagedAttrs::changing(&meta);
         let mut st = Staging::new(upload, UploadMode::Modify, attrs, self.opts.hashing);
         if !same || st.share().is_none() {
             // The readers hold an older version of the image.
@@ -912,15 +904,7 @@ impl ImageFs {
         }
         let meta = self.head(img).await?;
         let upload = store.create_upload(&name, how).await?;
-        let now = SystemTime::now();
-        let attrs = StagedAttrs {
-            mode: meta.mode.unwrap_or(0o644),
-            uid: meta.uid.unwrap_or(0),
-            gid: meta.gid.unwrap_or(0),
-            atime: meta.atime.unwrap_or(meta.mtime),
-            mtime: now,
-            ctime: now,
-        };
+        let attrs = StagedAttrs::changing(&meta);
         *guard = Some(Staging::new(upload, how, attrs, self.opts.hashing));
         Ok(())
     }

@@ -28,6 +28,21 @@ pub struct StagedAttrs {
     pub ctime: SystemTime,
 }
 
+impl StagedAttrs {
+    /// The attributes of committed `meta` about to be changed now.
+    pub fn changing(meta: &ObjectMeta) -> StagedAttrs {
+        let now = SystemTime::now();
+        StagedAttrs {
+            mode: meta.mode.unwrap_or(0o644),
+            uid: meta.uid.unwrap_or(0),
+            gid: meta.gid.unwrap_or(0),
+            atime: meta.atime.unwrap_or(meta.mtime),
+            mtime: now,
+            ctime: now,
+        }
+    }
+}
+
 /// What a file looked like when last seen: on stores that offer
 /// `Upload::local_file` any change moves the ctime, so an equal stamp means
 /// nothing was written since.
