@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
 # Side-by-side benchmarks of imagefs against what users would use instead.
 #
-#   scripts/bench.sh file [--size-gib 4 | --size-mib N] [--runs 3]
-#                         [--out BENCHMARKS.md] [--binary target/release/imagefs]
-#                         [--workdir /var/tmp] [--ls-files 10000]
-#                         [--systems raw,imagefs,rclone-off,rclone-writes] [--keep]
-#   (--systems may also name imagefs-nosum: imagefs with [mount] checksums = false)
+#   scripts/bench.sh file [--size-gib 4 | --size-mib N] [--runs 3] [--ls-files 10000]
+#                         [--systems raw,imagefs,rclone-off,rclone-writes]
+#   scripts/bench.sh rbd  [--sizes-gib 1,4 | --sizes-mib N,M] [--runs 3]
+#                         [--systems rbd-direct,imagefs,rbd-fuse] [--ceph-conf FILE]
+#                         [--pool images] [--user glance]
+#   both: [--out BENCHMARKS.md] [--binary target/release/imagefs] [--workdir /var/tmp] [--keep]
+#   (--systems may also name imagefs-nosum: imagefs with [mount] checksums = false;
+#   for rbd also rbd-fuse-bw: rbd-fuse -o big_writes)
 #
-# Suite `file` (the only one so far): sequential write and read of SIZE through
+# Suite `file`: sequential write and read of SIZE through
 #   raw            a plain directory on the disk (the baseline)
 #   imagefs        `imagefs mount` of a file store whose datadir is that directory
 #   rclone-off     `rclone mount DIR MNT --vfs-cache-mode off`
 #   rclone-writes  `rclone mount DIR MNT --vfs-cache-mode writes`
 #   imagefs-nosum  (opt-in) imagefs with `[mount] checksums = false`
 # all in one run, RUNS times, then `ls -l` of LS_FILES small files (cold and
-# warm). Medians, ratios vs the raw directory and the daemons' CPU seconds per
-# GiB (utime+stime from /proc/PID/stat) are written as a markdown section
-# appended to OUT.
-#
+# warm).
 # A write is timed from the start of `dd ... conv=fsync` until the data is in
 # the datadir at full size and `sync FILE` on it has returned; for every system
 # but rclone-writes that last step costs nothing (dd's fsync already did it),
@@ -26,66 +26,112 @@
 # Reads: `sync; echo 3 > /proc/sys/vm/drop_caches` then `dd of=/dev/null bs=1M`
 # of one file created in the datadir before anything is mounted.
 #
-# Needs root (drop_caches, FUSE), fusermount3, rclone, python3. Every mount and
-# daemon it starts is stopped by mountpoint and PID on exit, also on failure.
+# Suite `rbd`: sequential write and read of each SIZE (default 1 and 4 GiB) of
+# the same random data in the Ceph pool POOL (default: the cluster of
+# scripts/ceph.sh, started if needed) through
+#   rbd-direct     `rbd import --object-size 8M SRC POOL/ID` (= --order 23) and
+#                  `rbd export POOL/ID@snap - > /dev/null` (the baseline)
+#   imagefs        `imagefs mount` of one rbd store (user USER): `dd bs=4M
+#                  conv=fsync` into MNT/fast/ID (timed until dd returned: its
+#                  close commits) and `dd bs=4M` of MNT/fast/ID to /dev/null
+#   rbd-fuse       Debian's `rbd-fuse -f -p POOL -c CEPH_CONF MNT` (client.admin):
+#                  the file is created first (untimed; rbd-fuse makes a 1 GiB
+#                  image and grows it as writes pass its end), then
+#                  `dd bs=4M conv=fsync,notrunc` into it, `dd bs=4M` of MNT/ID
+#   imagefs-nosum, rbd-fuse-bw  (opt-in) checksums = false; rbd-fuse -o big_writes
+# Every run and size reads a fresh image laid out as Glance does (rbd import,
+# snapshot `snap`, protected), after dropping the kernel's caches and the OSD's
+# (`ceph tell osd.* cache drop`). Each FUSE system is mounted for its own
+# turn only (so no daemon caches across runs and no watcher blocks `rbd rm`).
+# The imagefs daemon's peak RSS (VmHWM reset before each write, and VmRSS
+# sampled every 0.1 s) is reported for every write.
+#
+# Both suites write medians, ratios vs the baseline and the daemons' CPU seconds
+# per GiB (utime+stime from /proc/PID/stat; for rbd-direct the rbd process's
+# own user+sys) as a markdown section appended to OUT.
+#
+# Needs root (drop_caches, FUSE), fusermount3, python3 (file: rclone; rbd: rbd,
+# ceph, rbd-fuse). Every mount and daemon it starts is stopped by mountpoint and
+# PID on exit, also on failure, and every RBD image it made is removed.
 set -Eeuo pipefail
 
 # ---------------------------------------------------------------- options
 SUITE=""
-SIZE_MIB=$((4 * 1024))
+SIZES=""        # comma-separated MiB; default per suite
 RUNS=3
 OUT="BENCHMARKS.md"
 BINARY="target/release/imagefs"
 WORKDIR_PARENT="/var/tmp"
 LS_FILES=10000
-SYSTEMS="raw,imagefs,rclone-off,rclone-writes"
+SYSTEMS=""
 KEEP=0
+CEPH_CONF_FILE="${CEPH_CONF:-/var/tmp/imagefs-backends/ceph/ceph.conf}"
+POOL=images
+RBD_USER=glance
+STORE=fast
 
 usage() {
-    sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 die() { echo "bench: error: $*" >&2; exit 1; }
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
+to_mib() { # unit-in-MiB list -> comma-separated whole MiB
+    awk -v u="$1" -v l="$2" 'BEGIN { n = split(l, a, ","); for (i = 1; i <= n; i++) printf "%s%d", (i > 1 ? "," : ""), a[i] * u }'
+}
+
 [[ $# -ge 1 ]] || usage
 case "$1" in
-    file) SUITE=file; shift ;;
+    file|rbd) SUITE=$1; shift ;;
     -h|--help) usage 0 ;;
-    *) die "unknown suite '$1' (known: file)" ;;
+    *) die "unknown suite '$1' (known: file, rbd)" ;;
 esac
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --size-gib) SIZE_MIB=$(awk -v g="$2" 'BEGIN{ printf "%d", g * 1024 }'); shift 2 ;;
-        --size-mib) SIZE_MIB=$2; shift 2 ;;
+        --size-gib|--sizes-gib) SIZES=$(to_mib 1024 "$2"); shift 2 ;;
+        --size-mib|--sizes-mib) SIZES=$(to_mib 1 "$2"); shift 2 ;;
         --runs) RUNS=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --binary) BINARY=$2; shift 2 ;;
         --workdir) WORKDIR_PARENT=$2; shift 2 ;;
         --ls-files) LS_FILES=$2; shift 2 ;;
         --systems) SYSTEMS=$2; shift 2 ;;
+        --ceph-conf) CEPH_CONF_FILE=$2; shift 2 ;;
+        --pool) POOL=$2; shift 2 ;;
+        --user) RBD_USER=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         -h|--help) usage 0 ;;
         *) die "unknown option '$1'" ;;
     esac
 done
-[[ $SIZE_MIB =~ ^[0-9]+$ && $SIZE_MIB -gt 0 ]] || die "size must be a positive number of MiB"
+case $SUITE in
+    file) BASELINE=raw; ALL_SYSTEMS=(raw imagefs imagefs-nosum rclone-off rclone-writes)
+          : "${SYSTEMS:=raw,imagefs,rclone-off,rclone-writes}" "${SIZES:=4096}" ;;
+    rbd) BASELINE=rbd-direct; ALL_SYSTEMS=(rbd-direct imagefs imagefs-nosum rbd-fuse rbd-fuse-bw)
+          : "${SYSTEMS:=rbd-direct,imagefs,rbd-fuse}" "${SIZES:=1024,4096}" ;;
+esac
+IFS=, read -r -a SIZES_MIB <<<"$SIZES"
+for m in "${SIZES_MIB[@]}"; do
+    [[ $m =~ ^[0-9]+$ && $m -gt 0 ]] || die "sizes must be positive whole numbers of MiB (got '$SIZES')"
+done
+[[ $SUITE == rbd || ${#SIZES_MIB[@]} -eq 1 ]] || die "the file suite takes one size"
+SIZE_MIB=${SIZES_MIB[0]}
 [[ $RUNS =~ ^[0-9]+$ && $RUNS -gt 0 ]] || die "--runs must be a positive integer"
 [[ $LS_FILES =~ ^[0-9]+$ ]] || die "--ls-files must be an integer (0 skips the listing test)"
 
 declare -A WANT=()
 IFS=, read -r -a _systems <<<"$SYSTEMS"
 for s in "${_systems[@]}"; do
-    case "$s" in
-        raw|imagefs|imagefs-nosum|rclone-off|rclone-writes) WANT[$s]=1 ;;
-        *) die "unknown system '$s'" ;;
-    esac
+    [[ " ${ALL_SYSTEMS[*]} " == *" $s "* ]] || die "unknown system '$s' for suite $SUITE (known: ${ALL_SYSTEMS[*]})"
+    WANT[$s]=1
 done
-WANT[raw]=1 # the baseline every ratio is computed against
+WANT[$BASELINE]=1 # the baseline every ratio is computed against
 ORDER=()
-for s in raw imagefs imagefs-nosum rclone-off rclone-writes; do
+for s in "${ALL_SYSTEMS[@]}"; do
     if [[ -n ${WANT[$s]:-} ]]; then ORDER+=("$s"); fi
 done
+wants_imagefs() { [[ -n ${WANT[imagefs]:-}${WANT[imagefs-nosum]:-} ]]; }
 
 # ---------------------------------------------------------------- prerequisites
 [[ $(id -u) -eq 0 ]] || die "must run as root (drop_caches, FUSE mounts)"
@@ -95,7 +141,7 @@ command -v python3 >/dev/null || die "python3 not found"
 if [[ -n ${WANT[rclone-off]:-}${WANT[rclone-writes]:-} ]]; then
     command -v rclone >/dev/null || die "rclone not found"
 fi
-if [[ -n ${WANT[imagefs]:-}${WANT[imagefs-nosum]:-} ]]; then
+if wants_imagefs; then
     [[ -x $BINARY ]] || die "imagefs binary '$BINARY' not found (build it or pass --binary)"
     BINARY=$(readlink -f "$BINARY")
 fi
@@ -107,14 +153,30 @@ SIZE_BYTES=$((SIZE_MIB * 1024 * 1024))
 SIZE_GIB=$(awk -v m="$SIZE_MIB" 'BEGIN{ printf "%.4g", m / 1024 }')
 REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
+RBD=(rbd -c "$CEPH_CONF_FILE")
+CEPH=(timeout 60 ceph -c "$CEPH_CONF_FILE")
+if [[ $SUITE == rbd ]]; then
+    for c in rbd ceph; do command -v "$c" >/dev/null || die "$c not found (package ceph-common)"; done
+    if [[ -n ${WANT[rbd-fuse]:-}${WANT[rbd-fuse-bw]:-} ]]; then
+        command -v rbd-fuse >/dev/null || die "rbd-fuse not found (package rbd-fuse)"
+    fi
+    [[ -x /usr/bin/time ]] || die "/usr/bin/time not found (package time)"
+    if [[ $CEPH_CONF_FILE == /var/tmp/imagefs-backends/ceph/ceph.conf ]]; then
+        bash "$REPO_ROOT/scripts/ceph.sh" up >&2 || die "scripts/ceph.sh up failed"
+    fi
+    [[ -r $CEPH_CONF_FILE ]] || die "ceph config $CEPH_CONF_FILE not readable"
+    "${RBD[@]}" ls "$POOL" >/dev/null || die "cannot list pool $POOL with $CEPH_CONF_FILE"
+fi
+
 # ---------------------------------------------------------------- cleanup
 WORK=""
-SRC=""
+SRCS=()         # source data files we wrote
 MOUNTS=()       # mountpoints we mounted, in order
 declare -A MOUNT_PID=()   # mountpoint -> daemon pid
 declare -A PID_COMM=()    # pid -> "child" (our own child: its pid cannot be reused
                           # before we reap it) or the /proc/PID/comm it had when
                           # we learnt it (a detached daemon: never signal a reused pid)
+declare -A RBD_IMAGES=()  # RBD image ids we created (or had a system create)
 
 is_mounted() { awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/mounts; }
 
@@ -165,13 +227,40 @@ unmount() { # unmount one of our mounts and stop its daemon
     MOUNTS=("${keep[@]}")
 }
 
+rbd_remove() { # id: unprotect, purge the snapshots and remove POOL/id (retrying while
+    local id=$1 i  # a watcher that just closed the image is still registered)
+    for ((i = 0; i < 45; i++)); do
+        if ! "${RBD[@]}" info "$POOL/$id" >/dev/null 2>"$WORK/rbd-info.err"; then
+            if grep -q 'No such file' "$WORK/rbd-info.err"; then unset 'RBD_IMAGES[$id]'; return 0; fi
+        else
+            "${RBD[@]}" snap unprotect "$POOL/$id@snap" >/dev/null 2>&1 || true
+            "${RBD[@]}" snap purge --no-progress "$POOL/$id" >/dev/null 2>&1 || true
+            if "${RBD[@]}" rm --no-progress "$POOL/$id" >/dev/null 2>"$WORK/rbd-rm.err"; then unset 'RBD_IMAGES[$id]'; return 0; fi
+        fi
+        sleep 1
+    done
+    log "could not remove $POOL/$id: $(cat "$WORK/rbd-rm.err" "$WORK/rbd-info.err" 2>/dev/null | grep -v asok | tail -2)"
+    return 1
+}
+
+rbd_leftovers() { # ids... -> images in POOL whose name contains one of the ids
+    local id
+    "${RBD[@]}" ls "$POOL" 2>/dev/null | while read -r name; do
+        for id in "$@"; do [[ $name == *"$id"* ]] && { echo "$name"; break; }; done
+    done
+}
+
 cleanup() {
     local rc=$? i
     trap - EXIT INT TERM
     set +e
     for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do unmount "${MOUNTS[i]}"; done
     for i in "${!PID_COMM[@]}"; do stop_pid "$i"; done
-    [[ -n $SRC && -f $SRC ]] && rm -f "$SRC"
+    if ((${#RBD_IMAGES[@]} > 0)); then
+        for i in $(rbd_leftovers "${!RBD_IMAGES[@]}"); do RBD_IMAGES[$i]=1; done
+        for i in "${!RBD_IMAGES[@]}"; do rbd_remove "$i"; done
+    fi
+    for i in "${SRCS[@]}"; do rm -f "$i"; done
     if [[ -n $WORK && -d $WORK ]]; then
         if grep -q " $WORK/" /proc/mounts; then
             log "something is still mounted under $WORK: leaving it in place"
@@ -200,7 +289,11 @@ cpu_ticks() { # utime + stime of a pid, in clock ticks (fields 14 and 15 of /pro
     echo $((f[11] + f[12]))
 }
 
-drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+drop_caches() { # the kernel's; with the rbd suite also the OSDs' (bluestore onodes and buffers)
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    if [[ $SUITE == rbd ]]; then "${CEPH[@]}" tell 'osd.*' cache drop >/dev/null 2>&1 || die "ceph tell osd.* cache drop failed"; fi
+}
 
 file_size() { stat -c %s "$1" 2>/dev/null || echo -1; }
 
@@ -230,6 +323,73 @@ fmt() { # printf format, value (empty -> "n/a")
 ratio() { # a b -> a/b formatted as 0.00x
     if [[ -z $1 || -z $2 ]]; then echo "n/a"; else awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "n/a"; else printf "%.2fx", a / b }'; fi
 }
+median_cells() { # kind system -> "MB/s | ratio vs the baseline | CPU s/GiB" (the kind's _cpu)
+    local v
+    v=$(median_of "$1" "$2")
+    printf '%s | %s | %s' "$(fmt '%.0f' "$v")" "$(ratio "$v" "$(median_of "$1" "$BASELINE")")" \
+        "$(fmt '%.2f' "$(median_of "${1%%:*}_cpu${1#"${1%%:*}"}" "$2")")"
+}
+
+mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.1f", b / s / 1e6 }'; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { print b - a }'; }
+per_gib() { awk -v t="$1" -v b="$2" 'BEGIN { printf "%.3f", t / (b / 1073741824) }'; }
+cpu_per_gib() { per_gib "$(awk -v t="$1" -v hz="$CLK_TCK" 'BEGIN { print t / hz }')" "$2"; }
+
+run_dd() { # system if of bs conv: dd, its report in $WORK/dd.log, dies on failure
+    local s=$1 conv=()
+    [[ -n $5 ]] && conv=("conv=$5")
+    dd if="$2" of="$3" bs="$4" "${conv[@]}" 2>"$WORK/dd.log" || { cat "$WORK/dd.log" >&2; die "$s: dd if=$2 of=$3 failed"; }
+}
+timed_dd() { # system pid if of bs conv: run_dd, timed; sets EL (s), TICKS and CPU_S (the pid's CPU over it)
+    local c0 c1 t0 t1
+    c0=$(cpu_ticks "$2")
+    t0=$EPOCHREALTIME
+    run_dd "$1" "$3" "$4" "$5" "$6"
+    t1=$EPOCHREALTIME
+    c1=$(cpu_ticks "$2")
+    EL=$(elapsed "$t0" "$t1")
+    TICKS=$((c1 - c0))
+    CPU_S=$(awk -v t="$TICKS" -v hz="$CLK_TCK" 'BEGIN { print t / hz }')
+}
+dd_bytes() { awk '/bytes/ { print $1; exit }' "$WORK/dd.log"; }
+
+make_source() { # MiB -> SOURCE: a file of random data, on tmpfs if it fits
+    local mib=$1 dir avail
+    avail=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }' || echo 0)
+    if ((${avail:-0} > mib * 1024 + 512 * 1024)); then dir=/dev/shm; else dir=/tmp; fi
+    SRCDIR=$dir
+    SOURCE="$dir/imagefs-bench-src.$$.$mib"
+    SRCS+=("$SOURCE")
+    log "source: $mib MiB of random data in $SOURCE"
+    head -c "$((mib * 1048576))" /dev/urandom >"$SOURCE"
+}
+
+daemon_errors() { # log it and set DAEMON_ERRORS: ERROR/WARN lines the imagefs daemons logged
+    local f n
+    DAEMON_ERRORS=0
+    for f in "$WORK"/imagefs-*.daemon.log; do
+        [[ -f $f ]] || continue
+        n=$(grep -c -E ' (ERROR|WARN) ' "$f" || true)
+        if ((n > 0)); then
+            DAEMON_ERRORS=$((DAEMON_ERRORS + n))
+            log "$(basename "$f"): $n ERROR/WARN lines, first ones:"
+            grep -m 3 -E ' (ERROR|WARN) ' "$f" >&2 || true
+        fi
+    done
+}
+
+host_facts() { # the report's line about the machine
+    echo "- Host: kernel $(uname -r), $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo) x $(nproc), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+}
+imagefs_facts() { # the report's line about the imagefs binary
+    local ver="-" git_rev git_dirty
+    if wants_imagefs; then
+        ver="$BINARY ($("$BINARY" --version 2>/dev/null | head -1 || true); built $(date -u -r "$BINARY" '+%F %T UTC'))"
+    fi
+    git_rev=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")
+    git_dirty=$(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo " (dirty)" || true)
+    echo "- imagefs: $ver, repository at $git_rev$git_dirty"
+}
 
 # ---------------------------------------------------------------- mounts
 declare -A CMD=() # system -> exact mount command line (for the report)
@@ -238,18 +398,18 @@ declare -A CMD=() # system -> exact mount command line (for the report)
 # substitution would run them in a subshell and lose the cleanup bookkeeping).
 MOUNTED_PID=""
 
-mount_imagefs() { # system (imagefs|imagefs-nosum) datadir mountpoint
-    local sys=$1 data=$2 mnt=$3 conf pidf pid extra=""
+mount_imagefs() { # system (imagefs|imagefs-nosum) mountpoint store-toml
+    local sys=$1 mnt=$2 conf pidf pid extra="" base
     if [[ $sys == imagefs-nosum ]]; then extra=$'[mount]\nchecksums = false\n'; fi
     mkdir -p "$mnt"
-    conf="$WORK/imagefs-$(basename "$mnt").toml"
-    pidf="$WORK/imagefs-$(basename "$mnt").pid"
-    printf '%s[stores.local]\ntype = "file"\ndatadir = "%s"\n' "$extra" "$data" >"$conf"
+    base="$WORK/imagefs-$(basename "$mnt")"
+    conf="$base.toml" pidf="$base.pid"
+    printf '%s%s' "$extra" "$3" >"$conf"
     rm -f "$pidf"
-    [[ -n ${CMD[$sys]:-} ]] || CMD[$sys]="$BINARY mount $mnt --config $conf --pid-file $pidf   # $conf: $(tr '\n' ' ' <"$conf")"
+    [[ -n ${CMD[$sys]:-} ]] || CMD[$sys]="$BINARY mount $mnt --config $conf --pid-file $pidf --log-file $base.daemon.log   # $conf: $(tr '\n' ' ' <"$conf")"
     if ! timeout 60 "$BINARY" mount "$mnt" --config "$conf" --pid-file "$pidf" \
-        --log-file "$WORK/imagefs-$(basename "$mnt").daemon.log" >"$WORK/imagefs-$(basename "$mnt").log" 2>&1; then
-        cat "$WORK/imagefs-$(basename "$mnt").log" >&2
+        --log-file "$base.daemon.log" >"$base.log" 2>&1; then
+        cat "$base.log" >&2
         [[ -s $pidf ]] && { pid=$(<"$pidf"); PID_COMM[$pid]=$(cat "/proc/$pid/comm" 2>/dev/null || echo imagefs); MOUNT_PID[$mnt]=$pid; }
         is_mounted "$mnt" && MOUNTS+=("$mnt")
         die "imagefs mount $mnt failed"
@@ -264,78 +424,110 @@ mount_imagefs() { # system (imagefs|imagefs-nosum) datadir mountpoint
     MOUNTED_PID=$pid
 }
 
-mount_rclone() { # datadir mountpoint cache-mode: rclone in the background
-    local data=$1 mnt=$2 mode=$3 pid
+mount_child() { # system mountpoint logfile command...: a FUSE daemon in the foreground as our background child
+    local sys=$1 mnt=$2 logf=$3 pid
+    shift 3
     mkdir -p "$mnt"
-    # rclone runs in the foreground as our background child (rather than with
-    # --daemon, which forks) so that we know its PID for CPU accounting and cleanup.
-    # --allow-non-empty is not needed: every mountpoint is a fresh empty directory.
-    local args=(mount "$data" "$mnt" --vfs-cache-mode "$mode"
-        --cache-dir "$WORK/rclone-cache-$mode" --config /dev/null)
-    [[ -n ${CMD[rclone-$mode]:-} ]] || CMD[rclone-$mode]="rclone ${args[*]} &"
-    rclone "${args[@]}" --log-file "$WORK/rclone-$(basename "$mnt").log" </dev/null >/dev/null 2>&1 &
+    # Run in the foreground as our background child (rather than letting it
+    # fork) so that we know its PID for CPU accounting and cleanup. Every
+    # mountpoint is a fresh empty directory.
+    [[ -n ${CMD[$sys]:-} ]] || CMD[$sys]="$* &"
+    "$@" </dev/null >"$logf" 2>&1 &
     pid=$!
     PID_COMM[$pid]=child
     MOUNT_PID[$mnt]=$pid
     MOUNTS+=("$mnt")
-    wait_mounted "$mnt" "$pid" 30 || { cat "$WORK/rclone-$(basename "$mnt").log" >&2; die "rclone mount $mnt did not show up in /proc/mounts"; }
+    wait_mounted "$mnt" "$pid" 30 || { cat "$logf" >&2; die "$sys: $mnt did not show up in /proc/mounts"; }
     MOUNTED_PID=$pid
 }
 
-# ---------------------------------------------------------------- setup
+mount_rclone() { # datadir mountpoint cache-mode
+    mount_child "rclone-$3" "$2" "$WORK/rclone-$(basename "$2").log" \
+        rclone mount "$1" "$2" --vfs-cache-mode "$3" --cache-dir "$WORK/rclone-cache-$3" --config /dev/null
+}
+
+mount_rbd_fuse() { # system (rbd-fuse|rbd-fuse-bw) mountpoint
+    local opts=()
+    [[ $1 == rbd-fuse-bw ]] && opts=(-o big_writes)
+    mount_child "$1" "$2" "$WORK/$1-$(basename "$2").log" rbd-fuse -f -p "$POOL" -c "$CEPH_CONF_FILE" "${opts[@]}" "$2"
+}
+
 WORK=$(mktemp -d "$WORKDIR_PARENT/imagefs-bench.XXXXXX")
 : >"$WORK/results.tsv"
-DATA="$WORK/data"
-mkdir -p "$DATA"
 
-need_disk=$(((SIZE_MIB * 3 + 1024) * 1024)) # KiB: read file + one written file + rclone's write cache
-avail_disk=$(df -Pk "$WORK" | awk 'NR == 2 { print $4 }')
-((avail_disk > need_disk)) || die "need $((need_disk >> 20)) GiB free in $WORKDIR_PARENT, have $((avail_disk >> 20)) GiB"
+# ================================================================ suite file
+suite_file() {
+    DATA="$WORK/data"
+    mkdir -p "$DATA"
 
-avail_shm=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }' || echo 0)
-if ((${avail_shm:-0} > SIZE_MIB * 1024 + 512 * 1024)); then SRCDIR=/dev/shm; else SRCDIR=/tmp; fi
-SRC="$SRCDIR/imagefs-bench-src.$$"
-log "source: $SIZE_MIB MiB of random data in $SRC"
-head -c "$SIZE_BYTES" /dev/urandom >"$SRC"
+    local need_disk avail_disk
+    need_disk=$(((SIZE_MIB * 3 + 1024) * 1024)) # KiB: read file + one written file + rclone's write cache
+    avail_disk=$(df -Pk "$WORK" | awk 'NR == 2 { print $4 }')
+    ((avail_disk > need_disk)) || die "need $((need_disk >> 20)) GiB free in $WORKDIR_PARENT, have $((avail_disk >> 20)) GiB"
 
-READ_ID=$(uuid)
-log "read file: $DATA/$READ_ID"
-dd if="$SRC" of="$DATA/$READ_ID" bs=1M conv=fsync status=none
+    make_source "$SIZE_MIB"
+    SRC=$SOURCE
 
-declare -A MNT=() PID=() TARGET=()
-TARGET[raw]=$DATA
-PID[raw]=""
-for s in imagefs imagefs-nosum; do
-    [[ -n ${WANT[$s]:-} ]] || continue
-    MNT[$s]="$WORK/mnt-$s"
-    mount_imagefs "$s" "$DATA" "${MNT[$s]}"
-    PID[$s]=$MOUNTED_PID
-    TARGET[$s]="${MNT[$s]}/local"
-    [[ -d ${TARGET[$s]} ]] || die "${TARGET[$s]} does not exist in the imagefs mount"
-done
-for mode in off writes; do
-    [[ -n ${WANT[rclone-$mode]:-} ]] || continue
-    MNT[rclone-$mode]="$WORK/mnt-rclone-$mode"
-    mount_rclone "$DATA" "${MNT[rclone-$mode]}" "$mode"
-    PID[rclone-$mode]=$MOUNTED_PID
-    TARGET[rclone-$mode]="${MNT[rclone-$mode]}"
-done
-log "mounted: ${!MNT[*]}"
-for s in "${ORDER[@]}"; do
-    [[ -f ${TARGET[$s]}/$READ_ID ]] || die "$s: the read file is not visible at ${TARGET[$s]}/$READ_ID"
-done
+    READ_ID=$(uuid)
+    log "read file: $DATA/$READ_ID"
+    dd if="$SRC" of="$DATA/$READ_ID" bs=1M conv=fsync status=none
 
-# ---------------------------------------------------------------- transfers
-mbps() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.1f", b / s / 1e6 }'; }
-cpu_per_gib() { awk -v t="$1" -v hz="$CLK_TCK" -v b="$2" 'BEGIN { printf "%.3f", t / hz / (b / 1073741824) }'; }
+    declare -gA MNT=() PID=() TARGET=()
+    TARGET[raw]=$DATA
+    PID[raw]=""
+    local s mode
+    for s in imagefs imagefs-nosum; do
+        [[ -n ${WANT[$s]:-} ]] || continue
+        MNT[$s]="$WORK/mnt-$s"
+        mount_imagefs "$s" "${MNT[$s]}" "$(printf '[stores.local]\ntype = "file"\ndatadir = "%s"\n' "$DATA")"
+        PID[$s]=$MOUNTED_PID
+        TARGET[$s]="${MNT[$s]}/local"
+        [[ -d ${TARGET[$s]} ]] || die "${TARGET[$s]} does not exist in the imagefs mount"
+    done
+    for mode in off writes; do
+        [[ -n ${WANT[rclone-$mode]:-} ]] || continue
+        MNT[rclone-$mode]="$WORK/mnt-rclone-$mode"
+        mount_rclone "$DATA" "${MNT[rclone-$mode]}" "$mode"
+        PID[rclone-$mode]=$MOUNTED_PID
+        TARGET[rclone-$mode]="${MNT[rclone-$mode]}"
+    done
+    log "mounted: ${!MNT[*]}"
+    for s in "${ORDER[@]}"; do
+        [[ -f ${TARGET[$s]}/$READ_ID ]] || die "$s: the read file is not visible at ${TARGET[$s]}/$READ_ID"
+    done
 
-bench_write() { # system run
+    local run n k
+    for ((run = 1; run <= RUNS; run++)); do
+        log "run $run/$RUNS ($SIZE_MIB MiB)"
+        # Each run starts one system further down the list, so that no system is
+        # always measured first (right after the source file was written, say).
+        n=${#ORDER[@]}
+        for ((k = 0; k < n; k++)); do
+            s=${ORDER[(k + run - 1) % n]}
+            file_write "$s" "$run"
+            file_read "$s" "$run"
+        done
+    done
+    # Content check of reads (not timed): each system returns the bytes of the file.
+    for s in "${ORDER[@]}"; do
+        cmp -s "$SRC" "${TARGET[$s]}/$READ_ID" || die "$s: reading ${TARGET[$s]}/$READ_ID returns other data than was stored"
+    done
+
+    for ((k = ${#MOUNTS[@]} - 1; k >= 0; k--)); do unmount "${MOUNTS[k]}"; done
+    rm -f "$SRC"
+    rm -rf "$DATA"
+
+    file_listing
+    file_report >"$WORK/report.md"
+}
+
+file_write() { # system run
     local s=$1 run=$2 id t0 t1 t2 c0 c1 size
     id=$(uuid)
     drop_caches
     c0=$(cpu_ticks "${PID[$s]}")
     t0=$EPOCHREALTIME
-    dd if="$SRC" of="${TARGET[$s]}/$id" bs=1M conv=fsync 2>"$WORK/dd.log" || { cat "$WORK/dd.log" >&2; die "$s: write failed"; }
+    run_dd "$s" "$SRC" "${TARGET[$s]}/$id" 1M fsync
     t1=$EPOCHREALTIME
     # Until the data is in the datadir at full size (give up once the size has
     # not moved for 60 s), then synced.
@@ -351,8 +543,8 @@ bench_write() { # system run
     t2=$EPOCHREALTIME
     c1=$(cpu_ticks "${PID[$s]}")
     local el dd_el
-    el=$(awk -v a="$t0" -v b="$t2" 'BEGIN { print b - a }')
-    dd_el=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
+    el=$(elapsed "$t0" "$t2")
+    dd_el=$(elapsed "$t0" "$t1")
     record write "$s" "$run" "$(mbps "$SIZE_BYTES" "$el")"
     record write_dd "$s" "$run" "$(mbps "$SIZE_BYTES" "$dd_el")"
     [[ -n ${PID[$s]} ]] && record write_cpu "$s" "$run" "$(cpu_per_gib $((c1 - c0)) "$SIZE_BYTES")"
@@ -362,50 +554,38 @@ bench_write() { # system run
     rm -f "$DATA/$id"
 }
 
-bench_read() { # system run
-    local s=$1 run=$2 t0 t1 c0 c1 bytes
+file_read() { # system run
+    local s=$1 run=$2 bytes
     drop_caches
-    c0=$(cpu_ticks "${PID[$s]}")
-    t0=$EPOCHREALTIME
-    dd if="${TARGET[$s]}/$READ_ID" of=/dev/null bs=1M 2>"$WORK/dd.log" || { cat "$WORK/dd.log" >&2; die "$s: read failed"; }
-    t1=$EPOCHREALTIME
-    c1=$(cpu_ticks "${PID[$s]}")
-    bytes=$(awk '/bytes/ { print $1; exit }' "$WORK/dd.log")
+    timed_dd "$s" "${PID[$s]}" "${TARGET[$s]}/$READ_ID" /dev/null 1M ""
+    bytes=$(dd_bytes)
     [[ $bytes -eq $SIZE_BYTES ]] || die "$s: read $bytes bytes, expected $SIZE_BYTES"
-    local el
-    el=$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')
-    record read "$s" "$run" "$(mbps "$SIZE_BYTES" "$el")"
-    [[ -n ${PID[$s]} ]] && record read_cpu "$s" "$run" "$(cpu_per_gib $((c1 - c0)) "$SIZE_BYTES")"
-    log "  $s read: $(mbps "$SIZE_BYTES" "$el") MB/s, daemon $((c1 - c0)) ticks"
+    record read "$s" "$run" "$(mbps "$SIZE_BYTES" "$EL")"
+    [[ -n ${PID[$s]} ]] && record read_cpu "$s" "$run" "$(cpu_per_gib "$TICKS" "$SIZE_BYTES")"
+    log "  $s read: $(mbps "$SIZE_BYTES" "$EL") MB/s, daemon $TICKS ticks"
 }
 
-for ((run = 1; run <= RUNS; run++)); do
-    log "run $run/$RUNS ($SIZE_MIB MiB)"
-    # Each run starts one system further down the list, so that no system is
-    # always measured first (right after the source file was written, say).
-    n=${#ORDER[@]}
-    for ((k = 0; k < n; k++)); do
-        s=${ORDER[(k + run - 1) % n]}
-        bench_write "$s" "$run"
-        bench_read "$s" "$run"
-    done
-done
-# Content check of reads (not timed): each system returns the bytes of the file.
-for s in "${ORDER[@]}"; do
-    cmp -s "$SRC" "${TARGET[$s]}/$READ_ID" || die "$s: reading ${TARGET[$s]}/$READ_ID returns other data than was stored"
-done
+time_ls() { # system run label dir pid
+    local s=$1 run=$2 label=$3 dir=$4 pid=$5 t0 t1 c0 c1 n
+    c0=$(cpu_ticks "$pid")
+    t0=$EPOCHREALTIME
+    LC_ALL=C ls -l "$dir" >"$WORK/ls.out"
+    t1=$EPOCHREALTIME
+    c1=$(cpu_ticks "$pid")
+    n=$(($(wc -l <"$WORK/ls.out") - 1))
+    [[ $n -eq $LS_FILES ]] || die "$s: ls -l $dir shows $n entries, expected $LS_FILES"
+    record "ls_$label" "$s" "$run" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')"
+    [[ -n $pid ]] && record "ls_${label}_cpu" "$s" "$run" "$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')"
+    return 0
+}
 
-for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do unmount "${MOUNTS[i]}"; done
-rm -f "$SRC"
-rm -rf "$DATA"
-
-# ---------------------------------------------------------------- ls -l
-LS_SYSTEMS=()
-if ((LS_FILES > 0)); then
-    LSDATA="$WORK/lsdata"
-    mkdir -p "$LSDATA"
-    log "creating $LS_FILES files of 1 KiB in $LSDATA"
-    python3 - "$LSDATA" "$LS_FILES" <<'EOF'
+file_listing() { # ls -l of LS_FILES small files, cold and warm, per system
+    LS_SYSTEMS=()
+    ((LS_FILES > 0)) || return 0
+    local lsdata="$WORK/lsdata" run s dir pid mnt
+    mkdir -p "$lsdata"
+    log "creating $LS_FILES files of 1 KiB in $lsdata"
+    python3 - "$lsdata" "$LS_FILES" <<'EOF'
 import os, sys, uuid
 d, n = sys.argv[1], int(sys.argv[2])
 blob = os.urandom(1024)
@@ -415,30 +595,16 @@ for _ in range(n):
 EOF
     sync
 
-    time_ls() { # system run label dir pid
-        local s=$1 run=$2 label=$3 dir=$4 pid=$5 t0 t1 c0 c1 n
-        c0=$(cpu_ticks "$pid")
-        t0=$EPOCHREALTIME
-        LC_ALL=C ls -l "$dir" >"$WORK/ls.out"
-        t1=$EPOCHREALTIME
-        c1=$(cpu_ticks "$pid")
-        n=$(($(wc -l <"$WORK/ls.out") - 1))
-        [[ $n -eq $LS_FILES ]] || die "$s: ls -l $dir shows $n entries, expected $LS_FILES"
-        record "ls_$label" "$s" "$run" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')"
-        [[ -n $pid ]] && record "ls_${label}_cpu" "$s" "$run" "$(awk -v t=$((c1 - c0)) -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')"
-        return 0
-    }
-
     LS_SYSTEMS=(raw)
     if [[ -n ${WANT[imagefs]:-} ]]; then LS_SYSTEMS+=(imagefs); fi
     if [[ -n ${WANT[rclone-off]:-}${WANT[rclone-writes]:-} ]]; then LS_SYSTEMS+=(rclone); fi
     for ((run = 1; run <= RUNS; run++)); do
         log "ls -l run $run/$RUNS"
         for s in "${LS_SYSTEMS[@]}"; do
-            dir=$LSDATA pid="" mnt=""
+            dir=$lsdata pid="" mnt=""
             case $s in
-                imagefs) mnt="$WORK/ls-imagefs-$run"; mount_imagefs imagefs "$LSDATA" "$mnt"; pid=$MOUNTED_PID; dir="$mnt/local" ;;
-                rclone) mnt="$WORK/ls-rclone-$run"; mount_rclone "$LSDATA" "$mnt" off; pid=$MOUNTED_PID; dir=$mnt ;;
+                imagefs) mnt="$WORK/ls-imagefs-$run"; mount_imagefs imagefs "$mnt" "$(printf '[stores.local]\ntype = "file"\ndatadir = "%s"\n' "$lsdata")"; pid=$MOUNTED_PID; dir="$mnt/local" ;;
+                rclone) mnt="$WORK/ls-rclone-$run"; mount_rclone "$lsdata" "$mnt" off; pid=$MOUNTED_PID; dir=$mnt ;;
             esac
             drop_caches # cold: fresh mount (for the FUSE systems) and no cached inodes
             time_ls "$s" "$run" cold "$dir" "$pid"
@@ -447,58 +613,36 @@ EOF
             log "  $s: cold $(values_of ls_cold "$s" '%.3f' | awk -F' / ' '{ print $NF }') s, warm $(values_of ls_warm "$s" '%.3f' | awk -F' / ' '{ print $NF }') s"
         done
     done
-fi
+}
 
-# ---------------------------------------------------------------- report
-# Errors the imagefs daemons logged (with the mount's default log level).
-DAEMON_ERRORS=0
-for f in "$WORK"/imagefs-*.daemon.log; do
-    [[ -f $f ]] || continue
-    n=$(grep -c -E ' (ERROR|WARN) ' "$f" || true)
-    if ((n > 0)); then
-        DAEMON_ERRORS=$((DAEMON_ERRORS + n))
-        log "$(basename "$f"): $n ERROR/WARN lines, first ones:"
-        grep -m 3 -E ' (ERROR|WARN) ' "$f" >&2 || true
-    fi
-done
-declare -A LABEL=(
-    [raw]="raw directory"
-    [imagefs]="imagefs (file store)"
-    [imagefs-nosum]="imagefs (file store), checksums = false"
-    [rclone-off]="rclone mount, --vfs-cache-mode off"
-    [rclone-writes]="rclone mount, --vfs-cache-mode writes"
-    [rclone]="rclone mount, --vfs-cache-mode off"
-)
+file_report() {
+    daemon_errors
+    declare -A LABEL=(
+        [raw]="raw directory"
+        [imagefs]="imagefs (file store)"
+        [imagefs-nosum]="imagefs (file store), checksums = false"
+        [rclone-off]="rclone mount, --vfs-cache-mode off"
+        [rclone-writes]="rclone mount, --vfs-cache-mode writes"
+        [rclone]="rclone mount, --vfs-cache-mode off"
+    )
+    local disk rclone_ver s lc lw c w
+    disk=$(df -PT "$WORKDIR_PARENT" | awk 'NR == 2 { print $1 " (" $2 ")" }')
+    rclone_ver=$(rclone version 2>/dev/null | head -1 || echo "-")
 
-cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
-disk=$(df -PT "$WORKDIR_PARENT" | awk 'NR == 2 { print $1 " (" $2 ")" }')
-imagefs_ver="-"
-if [[ -n ${WANT[imagefs]:-}${WANT[imagefs-nosum]:-} ]]; then
-    imagefs_ver="$BINARY ($("$BINARY" --version 2>/dev/null | head -1 || true); built $(date -u -r "$BINARY" '+%F %T UTC'))"
-fi
-rclone_ver=$(rclone version 2>/dev/null | head -1 || echo "-")
-git_rev=$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo "?")
-git_dirty=$(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo " (dirty)" || true)
-
-{
     echo
     echo "## File store: sequential I/O and listing, $(date -u '+%F %H:%M UTC')"
     echo
-    echo "- Host: kernel $(uname -r), $cpu_model x $(nproc), $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM; load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    host_facts
     echo "- Disk: $disk, directory $WORKDIR_PARENT; source data read from $SRCDIR$([[ $SRCDIR == /dev/shm ]] && echo ' (tmpfs, RAM)')"
-    echo "- imagefs: $imagefs_ver, repository at $git_rev$git_dirty"
+    imagefs_facts
     echo "- rclone: $rclone_ver"
     echo "- $SIZE_GIB GiB per transfer, $RUNS run(s), medians. MB/s = 10^6 bytes/s. CPU = the daemon's utime+stime"
     echo "  (/proc/PID/stat, CLK_TCK $CLK_TCK) per GiB transferred; the raw directory has no daemon."
     echo
     echo "| system | write MB/s | vs raw | CPU s/GiB | read MB/s | vs raw | CPU s/GiB | write, dd only MB/s |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|"
-    rw=$(median_of write raw) rr=$(median_of read raw)
     for s in "${ORDER[@]}"; do
-        w=$(median_of write "$s") r=$(median_of read "$s")
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "${LABEL[$s]}" \
-            "$(fmt '%.0f' "$w")" "$(ratio "$w" "$rw")" "$(fmt '%.2f' "$(median_of write_cpu "$s")")" \
-            "$(fmt '%.0f' "$r")" "$(ratio "$r" "$rr")" "$(fmt '%.2f' "$(median_of read_cpu "$s")")" \
+        printf '| %s | %s | %s | %s |\n' "${LABEL[$s]}" "$(median_cells write "$s")" "$(median_cells read "$s")" \
             "$(fmt '%.0f' "$(median_of write_dd "$s")")"
     done
     echo
@@ -540,7 +684,7 @@ git_dirty=$(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/n
     echo
     echo '```sh'
     echo "# $0 file --size-mib $SIZE_MIB --runs $RUNS --ls-files $LS_FILES --systems $SYSTEMS --workdir $WORKDIR_PARENT"
-    echo "head -c $SIZE_BYTES /dev/urandom > $SRCDIR/imagefs-bench-src.PID"
+    echo "head -c $SIZE_BYTES /dev/urandom > $SRCDIR/imagefs-bench-src.PID.$SIZE_MIB"
     echo "# DATA=$WORKDIR_PARENT/imagefs-bench.XXXXXX/data; one file DATA/<read-uuid> written with dd conv=fsync before mounting"
     for s in "${ORDER[@]}"; do
         [[ -n ${CMD[$s]:-} ]] && echo "${CMD[$s]}"
@@ -558,8 +702,290 @@ git_dirty=$(git -C "$REPO_ROOT" status --porcelain --untracked-files=no 2>/dev/n
     fi
     echo "# unmount: fusermount3 -u MNT; the daemon is waited for by PID"
     echo '```'
-} >"$WORK/report.md"
+}
 
+# ================================================================ suite rbd
+declare -A SRC_OF=() # MiB -> source file
+NOTES=()             # odd things seen, for the report
+
+note() { log "NOTE: $*"; NOTES+=("$*"); }
+
+suite_rbd() {
+    local mib max=0 avail need run n k rid
+    for mib in "${SIZES_MIB[@]}"; do ((mib > max)) && max=$mib; done
+    # The pool holds at most one read image and one written image at a time.
+    avail=$("${CEPH[@]}" df --format json 2>/dev/null | python3 -c '
+import json, sys
+for p in json.load(sys.stdin)["pools"]:
+    if p["name"] == sys.argv[1]: print(p["stats"]["max_avail"] >> 20)' "$POOL")
+    need=$((max * 2 + 1024))
+    ((${avail:-0} > need)) || die "pool $POOL has ${avail:-?} MiB available, need $need MiB"
+    for mib in "${SIZES_MIB[@]}"; do
+        make_source "$mib"
+        SRC_OF[$mib]=$SOURCE
+    done
+    RBD_STORE_TOML=$(printf '[stores.%s]\ntype = "rbd"\npool = "%s"\nuser = "%s"\nceph_conf = "%s"\n' \
+        "$STORE" "$POOL" "$RBD_USER" "$CEPH_CONF_FILE")
+
+    n=${#ORDER[@]}
+    for ((run = 1; run <= RUNS; run++)); do
+        for mib in "${SIZES_MIB[@]}"; do
+            log "run $run/$RUNS, $mib MiB"
+            # The image every system reads in this run, laid out as Glance does.
+            rid=$(uuid)
+            RBD_IMAGES[$rid]=1
+            rbd_import "${SRC_OF[$mib]}" "$rid"
+            glance_snap "$rid"
+            # Each run starts one system further down the list.
+            for ((k = 0; k < n; k++)); do
+                rbd_turn "${ORDER[(k + run - 1) % n]}" "$run" "$mib" "$rid"
+            done
+            rbd_remove "$rid" || die "could not remove the read image $POOL/$rid"
+        done
+    done
+    for mib in "${SIZES_MIB[@]}"; do rm -f "${SRC_OF[$mib]}"; done
+    rbd_report >"$WORK/report.md"
+}
+
+rbd_import() { # source id: the baseline's write; sets EL, CPU_S and RSS_KB
+    timed_rbd import --no-progress --object-size 8M "$1" "$POOL/$2"
+}
+
+glance_snap() { # id: the snapshot Glance makes of every image it stores (untimed)
+    "${RBD[@]}" snap create --no-progress "$POOL/$1@snap" >/dev/null 2>&1 || die "rbd snap create $POOL/$1@snap failed"
+    "${RBD[@]}" snap protect "$POOL/$1@snap" 2>/dev/null || die "rbd snap protect $POOL/$1@snap failed"
+}
+
+timed_rbd() { # rbd arguments...: runs rbd under /usr/bin/time; sets EL, CPU_S (user+sys) and RSS_KB
+    local t0 t1 u sy m
+    t0=$EPOCHREALTIME
+    /usr/bin/time -f '%U %S %M' -o "$WORK/time.out" "${RBD[@]}" "$@" 2>"$WORK/rbd.err" ||
+        { grep -v asok "$WORK/rbd.err" >&2; die "rbd $* failed"; }
+    t1=$EPOCHREALTIME
+    read -r u sy m < <(tail -1 "$WORK/time.out")
+    EL=$(elapsed "$t0" "$t1")
+    CPU_S=$(awk -v a="$u" -v b="$sy" 'BEGIN { print a + b }')
+    RSS_KB=$m
+}
+
+warm_source() { # so that a write measures the backend, not the source's disk
+    sync
+    cat "$1" >/dev/null
+}
+
+rbd_check() { # system id bytes snapshot(yes|no): the image a write left in the pool
+    local s=$1 id=$2 bytes=$3 info size prot
+    info=$("${RBD[@]}" info --format json "$POOL/$id" 2>/dev/null) || die "$s: no image $POOL/$id after the write"
+    size=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1])["size"])' "$info")
+    if [[ $s == rbd-fuse* ]]; then
+        ((size >= bytes)) || die "$s: $POOL/$id has $size bytes, expected at least $bytes"
+    else
+        ((size == bytes)) || die "$s: $POOL/$id has $size bytes, expected $bytes"
+    fi
+    [[ $4 == yes ]] || return 0
+    info=$("${RBD[@]}" info --format json "$POOL/$id@snap" 2>/dev/null) || die "$s: $POOL/$id has no snapshot snap after the write (not committed as Glance lays images out)"
+    prot=$(python3 -c 'import json, sys; print(json.loads(sys.argv[1]).get("protected"))' "$info")
+    [[ $prot == true ]] || note "$s: $POOL/$id@snap is not protected after the write (Glance protects it)"
+}
+
+rbd_verify() { # system what image-spec-or-path source bytes: content check (not timed)
+    local s=$1 what=$2 from=$3 src=$4 bytes=$5
+    if [[ $from == /* ]]; then
+        cmp -s -n "$bytes" "$from" "$src" || die "$s: $what: $from differs from the source data"
+    else
+        cmp -s -n "$bytes" <("${RBD[@]}" export --no-progress "$from" - 2>/dev/null) "$src" ||
+            die "$s: $what: rbd export $from differs from the source data"
+    fi
+}
+
+rss_begin() { # pid: sample its VmRSS every 0.1 s in the background
+    local pid=$1
+    (while [[ -r /proc/$pid/status ]]; do
+        awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || true
+        sleep 0.1
+    done) >"$WORK/rss.samples" 2>/dev/null &
+    SAMPLER=$!
+    PID_COMM[$SAMPLER]=child
+}
+
+rss_end() { # pid -> RSS_KB: the larger of the sampled maximum and VmHWM (the mount is fresh for each write)
+    local pid=$1 hwm
+    kill -TERM "$SAMPLER" 2>/dev/null || true
+    wait "$SAMPLER" 2>/dev/null || true
+    unset 'PID_COMM[$SAMPLER]'
+    hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+    RSS_KB=$(awk -v h="${hwm:-0}" 'BEGIN { m = h } $1 > m { m = $1 } END { print m }' "$WORK/rss.samples")
+}
+
+record_transfer() { # kind system run MiB: EL, CPU_S and (writes) RSS_KB as recorded results
+    local kind=$1 s=$2 run=$3 mib=$4 bytes=$(($4 * 1048576))
+    record "$kind:$mib" "$s" "$run" "$(mbps "$bytes" "$EL")"
+    record "${kind}_cpu:$mib" "$s" "$run" "$(per_gib "$CPU_S" "$bytes")"
+    [[ $kind == write ]] && record "write_rss:$mib" "$s" "$run" "$(awk -v k="$RSS_KB" 'BEGIN { print k / 1024 }')"
+    log "  $s $kind $mib MiB: $(mbps "$bytes" "$EL") MB/s, CPU $CPU_S s$([[ $kind == write ]] && echo ", peak RSS $((RSS_KB / 1024)) MiB")"
+}
+
+rbd_turn() { # system run MiB read-id: one system's write and read
+    local s=$1 run=$2 mib=$3 rid=$4 bytes=$(($3 * 1048576)) src=${SRC_OF[$3]} wid mnt="" dir="" ddconv=fsync pid left
+    wid=$(uuid)
+    RBD_IMAGES[$wid]=1
+    case $s in
+        rbd-direct)
+            warm_source "$src"
+            rbd_import "$src" "$wid"
+            record_transfer write "$s" "$run" "$mib"
+            glance_snap "$wid"
+            rbd_check "$s" "$wid" "$bytes" yes
+            ((run > 1)) || rbd_verify "$s" write "$POOL/$wid@snap" "$src" "$bytes"
+            drop_caches
+            timed_rbd export --no-progress "$POOL/$rid@snap" - >/dev/null
+            record_transfer read "$s" "$run" "$mib"
+            ((run > 1)) || rbd_verify "$s" read "$POOL/$rid@snap" "$src" "$bytes"
+            ;;
+        imagefs*)
+            mnt="$WORK/mnt-$s-$run-$mib"
+            mount_imagefs "$s" "$mnt" "$RBD_STORE_TOML"
+            dir="$mnt/$STORE"
+            ;;
+        rbd-fuse*)
+            mnt="$WORK/mnt-$s-$run-$mib"
+            mount_rbd_fuse "$s" "$mnt"
+            dir=$mnt ddconv=fsync,notrunc
+            # rbd-fuse creates the image (1 GiB) here; dd then writes into it
+            # without truncating (with O_TRUNC rbd-fuse 16.2 drops the data).
+            : >"$dir/$wid" || die "$s: cannot create $dir/$wid"
+            ;;
+    esac
+    if [[ -n $mnt ]]; then
+        pid=$MOUNTED_PID
+        [[ -d $dir ]] || die "$s: $dir does not exist in the mount"
+        fuse_write "$s" "$run" "$mib" "$dir/$wid" "$pid" "$ddconv"
+        rbd_check "$s" "$wid" "$bytes" "$([[ $s == imagefs* ]] && echo yes || echo no)"
+        ((run > 1)) || rbd_verify "$s" write "$POOL/$wid$([[ $s == imagefs* ]] && echo @snap)" "$src" "$bytes"
+        fuse_read "$s" "$run" "$mib" "$dir/$rid" "$pid"
+        ((run > 1)) || rbd_verify "$s" read "$dir/$rid" "$src" "$bytes"
+        unmount "$mnt"
+    fi
+    rbd_remove "$wid" || die "could not remove $POOL/$wid"
+    left=$(rbd_leftovers "$wid" "$rid" | grep -v -x -e "$rid" || true)
+    if [[ -n $left ]]; then
+        note "$s left images in $POOL after its write was removed: $(echo "$left" | tr '\n' ' ')"
+        for wid in $left; do RBD_IMAGES[$wid]=1; rbd_remove "$wid" || true; done
+    fi
+}
+
+fuse_write() { # system run MiB path pid conv
+    local s=$1 run=$2 mib=$3 path=$4 pid=$5
+    warm_source "${SRC_OF[$mib]}"
+    rss_begin "$pid"
+    timed_dd "$s" "$pid" "${SRC_OF[$mib]}" "$path" 4M "$6"
+    rss_end "$pid"
+    record_transfer write "$s" "$run" "$mib"
+}
+
+fuse_read() { # system run MiB path pid
+    local s=$1 run=$2 mib=$3 path=$4 pid=$5 bytes
+    [[ -f $path ]] || die "$s: the read image is not visible at $path"
+    drop_caches
+    timed_dd "$s" "$pid" "$path" /dev/null 4M ""
+    bytes=$(dd_bytes)
+    [[ $bytes -eq $((mib * 1048576)) ]] || die "$s: read $bytes bytes from $path, expected $((mib * 1048576))"
+    record_transfer read "$s" "$run" "$mib"
+}
+
+rbd_report() {
+    daemon_errors
+    declare -A LABEL=(
+        [rbd-direct]="rbd import / rbd export"
+        [imagefs]="imagefs (rbd store)"
+        [imagefs-nosum]="imagefs (rbd store), checksums = false"
+        [rbd-fuse]="rbd-fuse"
+        [rbd-fuse-bw]="rbd-fuse -o big_writes"
+    )
+    local s mib osd_disk ceph_ver mem_target fuse_ver sizes_txt
+    ceph_ver=$("${CEPH[@]}" version 2>/dev/null | head -1 || echo "?")
+    mem_target=$("${CEPH[@]}" tell osd.0 config get osd_memory_target 2>/dev/null | python3 -c 'import json, sys; print(int(json.load(sys.stdin)["osd_memory_target"]) >> 20)' 2>/dev/null || echo "?")
+    osd_disk=$("${CEPH[@]}" osd metadata 0 --format json 2>/dev/null | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print("%s on %s, %s (%s), %d GiB" % (d.get("osd_objectstore"), d.get("bluestore_bdev_path"), d.get("bluestore_bdev_access_mode"), d.get("bluestore_bdev_devices"), int(d.get("bluestore_bdev_size", 0)) >> 30))' 2>/dev/null || echo "?")
+    fuse_ver=$(dpkg-query -W -f '${Version}' rbd-fuse 2>/dev/null || echo "?")
+    sizes_txt=$(printf '%s MiB, ' "${SIZES_MIB[@]}")
+
+    echo
+    echo "## RBD store: sequential I/O, $(date -u '+%F %H:%M UTC')"
+    echo
+    host_facts
+    echo "- Ceph: $ceph_ver; $("${CEPH[@]}" osd stat 2>/dev/null | head -1 || true); pool $POOL size $("${CEPH[@]}" osd pool get "$POOL" size 2>/dev/null | awk '{ print $2 }'), $("${CEPH[@]}" osd pool get "$POOL" pg_num 2>/dev/null | awk '{ print $2 }') PGs; OSD: $osd_disk; osd_memory_target $mem_target MiB; all on loopback ($CEPH_CONF_FILE)"
+    echo "- Disk under the OSD: $(df -PT "$(dirname "$CEPH_CONF_FILE")" | awk 'NR == 2 { print $1 " (" $2 ")" }'); source data read from $SRCDIR$([[ $SRCDIR == /dev/shm ]] && echo ' (tmpfs, RAM)')"
+    imagefs_facts
+    echo "- rbd-fuse: Debian package $fuse_ver (libfuse2 $(dpkg-query -W -f '${Version}' libfuse2 2>/dev/null || echo "?")), client.admin; imagefs as client.$RBD_USER (profile rbd pool=$POOL)"
+    echo "- Sizes ${sizes_txt%, }, $RUNS run(s), medians. MB/s = 10^6 bytes/s. CPU = the daemon's utime+stime (/proc/PID/stat,"
+    echo "  CLK_TCK $CLK_TCK) over the transfer, per GiB; for rbd import/export the rbd process's own user+sys (/usr/bin/time)."
+    echo "  Peak RSS = the daemon's VmHWM after the write (each FUSE system is mounted afresh for its write+read), or the"
+    echo "  maximum of VmRSS sampled every 0.1 s if larger; for rbd import its maxrss."
+    echo
+    echo "| system | size | write MB/s | vs rbd import | CPU s/GiB | peak RSS MiB | read MB/s | vs rbd export | CPU s/GiB |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for mib in "${SIZES_MIB[@]}"; do
+        for s in "${ORDER[@]}"; do
+            printf '| %s | %s | %s | %s | %s |\n' "${LABEL[$s]}" "$(awk -v m="$mib" 'BEGIN { if (m % 1024) print m " MiB"; else print m / 1024 " GiB" }')" \
+                "$(median_cells "write:$mib" "$s")" "$(fmt '%.0f' "$(median_of "write_rss:$mib" "$s")")" "$(median_cells "read:$mib" "$s")"
+        done
+    done
+    echo
+    echo "Write: rbd import of the source file (then, untimed, \`rbd snap create\` + \`protect\`); through imagefs and rbd-fuse, \`dd bs=4M"
+    echo "conv=fsync\` until dd returned (imagefs commits, i.e. creates and protects \`snap\`, at close). Read: after dropping the"
+    echo "kernel's and the OSD's caches, the whole image of this run (rbd import + snap create + snap protect beforehand)."
+    echo "Every write's image was checked in the pool afterwards (size; for imagefs the protected snapshot \`snap\`), and in"
+    echo "run 1 the content of every write and read was compared with the source (untimed)."
+    echo
+    if ((DAEMON_ERRORS > 0)); then
+        echo "The imagefs daemons logged $DAEMON_ERRORS ERROR/WARN lines during this benchmark."
+        echo
+    fi
+    for s in "${NOTES[@]}"; do echo "- Note: $s"; done
+    ((${#NOTES[@]} == 0)) || echo
+    echo "Per run (MB/s, in run order; run N starts with the Nth system of the table):"
+    echo
+    for mib in "${SIZES_MIB[@]}"; do
+        for s in "${ORDER[@]}"; do
+            echo "- ${LABEL[$s]}, $mib MiB: write $(values_of "write:$mib" "$s" '%.0f') (CPU s/GiB $(values_of "write_cpu:$mib" "$s" '%.2f'); RSS MiB $(values_of "write_rss:$mib" "$s" '%.0f')); read $(values_of "read:$mib" "$s" '%.0f') (CPU s/GiB $(values_of "read_cpu:$mib" "$s" '%.2f'))"
+        done
+    done
+    echo
+    echo "### Commands"
+    echo
+    echo '```sh'
+    echo "# $0 rbd --sizes-mib $(IFS=,; echo "${SIZES_MIB[*]}") --runs $RUNS --systems $SYSTEMS --ceph-conf $CEPH_CONF_FILE --pool $POOL --user $RBD_USER"
+    echo "export CEPH_CONF=$CEPH_CONF_FILE"
+    echo "head -c BYTES /dev/urandom > $SRCDIR/imagefs-bench-src.PID.MIB; cat SRC > /dev/null   # before each write"
+    echo "# each run and size: the read image"
+    echo "rbd import --object-size 8M SRC $POOL/<read-uuid>; rbd snap create $POOL/<read-uuid>@snap; rbd snap protect $POOL/<read-uuid>@snap"
+    echo "# drop caches (before every read):"
+    echo "sync; echo 3 > /proc/sys/vm/drop_caches; ceph tell 'osd.*' cache drop"
+    echo "# rbd-direct"
+    echo "/usr/bin/time -f '%U %S %M' rbd import --no-progress --object-size 8M SRC $POOL/<uuid>   # write"
+    echo "/usr/bin/time -f '%U %S %M' rbd export --no-progress $POOL/<read-uuid>@snap - > /dev/null   # read"
+    for s in "${ORDER[@]}"; do
+        [[ -n ${CMD[$s]:-} ]] && echo "${CMD[$s]}"
+    done
+    echo "# imagefs: write, read"
+    echo "dd if=SRC of=MNT/$STORE/<uuid> bs=4M conv=fsync"
+    echo "dd if=MNT/$STORE/<read-uuid> of=/dev/null bs=4M"
+    echo "# rbd-fuse: write (the image is created by the first command, untimed), read"
+    echo ": > MNT/<uuid>; dd if=SRC of=MNT/<uuid> bs=4M conv=fsync,notrunc"
+    echo "dd if=MNT/<read-uuid> of=/dev/null bs=4M"
+    echo "# after each system's turn: fusermount3 -u MNT (the daemon is waited for by PID), then"
+    echo "rbd snap unprotect $POOL/<uuid>@snap; rbd snap purge $POOL/<uuid>; rbd rm $POOL/<uuid>"
+    echo '```'
+}
+
+# ================================================================ run
+case $SUITE in
+    file) suite_file ;;
+    rbd) suite_rbd ;;
+esac
 cat "$WORK/report.md" >>"$OUT"
 cat "$WORK/report.md"
 log "appended to $OUT"
