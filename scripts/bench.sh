@@ -707,6 +707,7 @@ file_report() {
 # ================================================================ suite rbd
 declare -A SRC_OF=() # MiB -> source file
 NOTES=()             # odd things seen, for the report
+ALL_IDS=()           # every image id this suite used
 
 note() { log "NOTE: $*"; NOTES+=("$*"); }
 
@@ -734,6 +735,7 @@ for p in json.load(sys.stdin)["pools"]:
             # The image every system reads in this run, laid out as Glance does.
             rid=$(uuid)
             RBD_IMAGES[$rid]=1
+            ALL_IDS+=("$rid")
             rbd_import "${SRC_OF[$mib]}" "$rid"
             glance_snap "$rid"
             # Each run starts one system further down the list.
@@ -744,6 +746,9 @@ for p in json.load(sys.stdin)["pools"]:
         done
     done
     for mib in "${SIZES_MIB[@]}"; do rm -f "${SRC_OF[$mib]}"; done
+    local trashed
+    trashed=$("${RBD[@]}" trash ls "$POOL" 2>/dev/null | grep -F -f <(printf '%s\n' "${ALL_IDS[@]}") || true)
+    [[ -z $trashed ]] || note "images of this benchmark are in the RBD trash of $POOL: $(echo "$trashed" | tr '\n' ' ')"
     rbd_report >"$WORK/report.md"
 }
 
@@ -829,6 +834,7 @@ rbd_turn() { # system run MiB read-id: one system's write and read
     local s=$1 run=$2 mib=$3 rid=$4 bytes=$(($3 * 1048576)) src=${SRC_OF[$3]} wid mnt="" dir="" ddconv=fsync pid left
     wid=$(uuid)
     RBD_IMAGES[$wid]=1
+    ALL_IDS+=("$wid")
     case $s in
         rbd-direct)
             warm_source "$src"
