@@ -5,6 +5,7 @@
 
 mod error;
 pub mod file;
+pub mod rbd;
 
 pub use error::{Result, StoreError};
 
@@ -262,6 +263,9 @@ pub fn open(cfg: &StoreConfig) -> std::result::Result<Arc<dyn Store>, String> {
         BackendConfig::File(f) => file::FileStore::open(&cfg.name, f)
             .map(|s| Arc::new(s) as Arc<dyn Store>)
             .map_err(|e| format!("store {:?} (file): {e}", cfg.name)),
+        BackendConfig::Rbd(r) => rbd::RbdStore::open(&cfg.name, r)
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| format!("store {:?} (rbd): {e}", cfg.name)),
         other => Err(format!(
             "store {:?}: type {:?} is not supported yet by this build of imagefs",
             cfg.name,

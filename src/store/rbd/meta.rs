@@ -1,0 +1,151 @@
+//! What imagefs keeps in an RBD image's metadata (`rbd image-meta`): mode,
+//! owner and times, the checksums computed while the image streamed, and
+//! user xattrs. Keys and encodings live here, in one place.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::store::{Checksums, SetAttrs, XATTR_CHECKSUM, XATTR_OS_HASH_ALGO, XATTR_OS_HASH_VALUE};
+
+pub const MODE: &str = "imagefs.mode";
+pub const UID: &str = "imagefs.uid";
+pub const GID: &str = "imagefs.gid";
+pub const ATIME: &str = "imagefs.atime";
+pub const MTIME: &str = "imagefs.mtime";
+pub const CHECKSUM: &str = "imagefs.checksum";
+pub const OS_HASH_ALGO: &str = "imagefs.os_hash_algo";
+pub const OS_HASH_VALUE: &str = "imagefs.os_hash_value";
+/// User xattr `user.x` is key `imagefs.xattr.user.x`.
+pub const XATTR_PREFIX: &str = "imagefs.xattr.";
+/// Values that are not NUL-free UTF-8 are stored as this prefix + hex.
+const HEX_PREFIX: &str = "base16:";
+
+/// The metadata key holding xattr `name`.
+pub fn xattr_key(name: &str) -> String {
+    match name {
+        XATTR_CHECKSUM => CHECKSUM.into(),
+        XATTR_OS_HASH_ALGO => OS_HASH_ALGO.into(),
+        XATTR_OS_HASH_VALUE => OS_HASH_VALUE.into(),
+        _ => format!("{XATTR_PREFIX}{name}"),
+    }
+}
+
+/// The xattr name a metadata key holds, if it holds one.
+pub fn xattr_name(key: &str) -> Option<String> {
+    match key {
+        CHECKSUM => Some(XATTR_CHECKSUM.into()),
+        OS_HASH_ALGO => Some(XATTR_OS_HASH_ALGO.into()),
+        OS_HASH_VALUE => Some(XATTR_OS_HASH_VALUE.into()),
+        _ => key.strip_prefix(XATTR_PREFIX).map(str::to_string),
+    }
+}
+
+pub fn encode_value(v: &[u8]) -> String {
+    match std::str::from_utf8(v) {
+        Ok(s) if !s.contains('\0') && !s.starts_with(HEX_PREFIX) => s.to_string(),
+        _ => format!("{HEX_PREFIX}{}", hex::encode(v)),
+    }
+}
+
+pub fn decode_value(s: &str) -> Vec<u8> {
+    match s.strip_prefix(HEX_PREFIX).map(hex::decode) {
+        Some(Ok(b)) => b,
+        _ => s.as_bytes().to_vec(),
+    }
+}
+
+pub fn encode_time(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+pub fn decode_time(s: &str) -> Option<SystemTime> {
+    let (secs, nanos) = s.split_once('.').unwrap_or((s, "0"));
+    Some(UNIX_EPOCH + Duration::new(secs.parse().ok()?, nanos.parse().ok()?))
+}
+
+/// The key/value pairs that apply `attrs`.
+pub fn attr_pairs(attrs: &SetAttrs) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(m) = attrs.mode {
+        out.push((MODE, format!("{:o}", m & 0o7777)));
+    }
+    if let Some(u) = attrs.uid {
+        out.push((UID, u.to_string()));
+    }
+    if let Some(g) = attrs.gid {
+        out.push((GID, g.to_string()));
+    }
+    if let Some(t) = attrs.atime {
+        out.push((ATIME, encode_time(t)));
+    }
+    if let Some(t) = attrs.mtime {
+        out.push((MTIME, encode_time(t)));
+    }
+    out
+}
+
+pub fn checksum_pairs(sums: &Checksums) -> Vec<(&'static str, String)> {
+    vec![
+        (CHECKSUM, sums.md5.clone()),
+        (OS_HASH_ALGO, sums.os_hash_algo.clone()),
+        (OS_HASH_VALUE, sums.os_hash_value.clone()),
+    ]
+}
+
+/// Metadata of one image, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct Parsed {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
+}
+
+pub fn parse(pairs: &BTreeMap<String, String>) -> Parsed {
+    let num = |k: &str| pairs.get(k).and_then(|v| v.parse().ok());
+    Parsed {
+        mode: pairs.get(MODE).and_then(|v| u32::from_str_radix(v, 8).ok()),
+        uid: num(UID),
+        gid: num(GID),
+        atime: pairs.get(ATIME).and_then(|v| decode_time(v)),
+        mtime: pairs.get(MTIME).and_then(|v| decode_time(v)),
+    }
+}
+
+/// Keys that belong to the image's content (dropped when it is replaced).
+pub fn is_content_key(key: &str) -> bool {
+    matches!(key, CHECKSUM | OS_HASH_ALGO | OS_HASH_VALUE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_round_trip() {
+        for v in [&b"ops"[..], b"", b"a\0b", b"\xff\xfe", b"base16:x"] {
+            assert_eq!(decode_value(&encode_value(v)), v);
+        }
+        assert_eq!(encode_value(b"ops"), "ops");
+    }
+
+    #[test]
+    fn times_and_modes() {
+        let t = UNIX_EPOCH + Duration::new(1_500_000_000, 123);
+        assert_eq!(decode_time(&encode_time(t)), Some(t));
+        let mut m = BTreeMap::new();
+        for (k, v) in attr_pairs(&SetAttrs {
+            mode: Some(0o100640),
+            uid: Some(7),
+            ..SetAttrs::default()
+        }) {
+            m.insert(k.to_string(), v);
+        }
+        let p = parse(&m);
+        assert_eq!((p.mode, p.uid, p.gid), (Some(0o640), Some(7), None));
+        assert_eq!(xattr_name(&xattr_key("user.a")).as_deref(), Some("user.a"));
+        assert_eq!(xattr_key(XATTR_CHECKSUM), CHECKSUM);
+    }
+}

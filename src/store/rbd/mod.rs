@@ -1,0 +1,598 @@
+//! The RBD store: Glance's RBD layout on a Ceph pool.
+//!
+//! A committed image is RBD image `<id>` (format 2, order from the chunk
+//! size, features from ceph.conf's `rbd_default_features`, else layering)
+//! with a protected snapshot `snap`; reads go to `<id>@snap`. An image
+//! without `snap` is an upload in progress (or one a dead writer left) and
+//! is never listed. New images are written straight into `<id>`, which also
+//! makes a second writer of the same id fail with EEXIST on any mount.
+//! Writes to an existing image go to a copy-on-write clone of `<id>@snap`
+//! (a fresh image for O_TRUNC) named `.imagefs-tmp-<id>.<n>`; commit gives it
+//! `snap` and swaps names, and the old version goes to the RBD trash, where
+//! it stays as long as clones (the new version until a background flatten
+//! detaches it, or Nova disks) need it. Copies inside the pool are clones.
+//! Mode, owner, times, user xattrs and checksums are image metadata
+//! (`meta`). The librados/librbd calls are in `ffi`; blocking ones run on
+//! tokio's blocking pool, reads and writes are asynchronous (aio).
+
+mod ffi;
+mod meta;
+mod upload;
+
+use std::collections::{BTreeMap, HashSet};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use lru::LruCache;
+
+use super::{
+    validate_id, Capabilities, Leftover, ObjectMeta, Result, SetAttrs, StatFs, Store, StoreError,
+    Upload, UploadMode, XattrMode, TEMP_PREFIX,
+};
+use crate::config::RbdStoreConfig;
+use ffi::{Cluster, Image, Layout, Pool, RbdError};
+use upload::RbdUpload;
+
+/// The snapshot that marks an image as committed (Glance's name).
+pub const SNAP: &str = "snap";
+/// Old versions of replaced images, kept (in the trash) while clones need them.
+const OLD_PREFIX: &str = ".imagefs-old-";
+/// Least time an old version of a replaced image stays (in the trash).
+const OLD_GRACE: Duration = Duration::from_secs(60);
+/// How long an open read handle serves reads before it is reopened, so a
+/// version committed by another mount is picked up.
+const READER_TTL: Duration = Duration::from_secs(2);
+/// Connection and operation timeout when the config sets none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Images examined at once by `list`.
+const LIST_PARALLEL: usize = 8;
+
+const FEATURE_LAYERING: u64 = 1;
+
+/// Maps a librados/librbd failure on `what` to the store's error.
+fn map_err(what: &str, e: RbdError) -> StoreError {
+    let ctx = format!("{what}: {e}");
+    match e.errno {
+        libc::ENOENT => StoreError::NotFound(what.to_string()),
+        libc::EEXIST => StoreError::AlreadyExists(what.to_string()),
+        libc::EBUSY | libc::ENOTEMPTY => StoreError::Busy(what.to_string(), e.to_string()),
+        libc::ETIMEDOUT
+        | libc::ENOTCONN
+        | libc::ESHUTDOWN
+        | libc::ECONNREFUSED
+        | libc::ECONNRESET
+        | libc::EHOSTUNREACH => StoreError::Unavailable(ctx),
+        n => StoreError::io(ctx, std::io::Error::from_raw_os_error(n)),
+    }
+}
+
+/// Runs a blocking librbd call off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("librbd call panicked: {e}")))?
+}
+
+/// A live connection: the cluster, the pool, and what new images look like.
+pub(crate) struct Conn {
+    cluster: Arc<Cluster>,
+    pool: Arc<Pool>,
+    layout: Layout,
+    fsid: String,
+}
+
+impl Conn {
+    fn connect(cfg: &RbdStoreConfig) -> Result<Conn> {
+        let timeout = if cfg.connect_timeout.is_zero() {
+            DEFAULT_TIMEOUT
+        } else {
+            cfg.connect_timeout
+        };
+        let cluster = Cluster::connect(cfg.user.as_deref(), &cfg.ceph_conf, timeout)
+            .map_err(|e| StoreError::Unavailable(format!("connecting to Ceph: {e}")))?;
+        let cluster = Arc::new(cluster);
+        let pool = Pool::open(cluster.clone(), &cfg.pool)
+            .map_err(|e| map_err(&format!("pool {}", cfg.pool), e))?;
+        // Glance: rbd_default_features if non-zero, else layering.
+        let features = cluster
+            .conf_get("rbd_default_features")
+            .and_then(|v| parse_features(&v))
+            .filter(|&f| f != 0)
+            .unwrap_or(FEATURE_LAYERING);
+        let order = (cfg.chunk_size_mb << 20).ilog2() as u8;
+        let fsid = cluster
+            .fsid()
+            .map_err(|e| StoreError::Unavailable(format!("cluster fsid: {e}")))?;
+        Ok(Conn {
+            cluster,
+            pool: Arc::new(pool),
+            layout: Layout { order, features },
+            fsid,
+        })
+    }
+}
+
+/// `rbd_default_features` as a number or a list of feature names.
+fn parse_features(v: &str) -> Option<u64> {
+    let v = v.trim();
+    if let Ok(n) = v.parse() {
+        return Some(n);
+    }
+    let mut bits = 0;
+    for name in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        bits |= match name {
+            "layering" => 1,
+            "striping" => 2,
+            "exclusive-lock" => 4,
+            "object-map" => 8,
+            "fast-diff" => 16,
+            "deep-flatten" => 32,
+            "journaling" => 64,
+            "data-pool" => 128,
+            _ => return None,
+        };
+    }
+    Some(bits)
+}
+
+/// Open read handles by id; commits drop the id's entry.
+pub(crate) type Readers = Arc<Mutex<LruCache<String, Reader>>>;
+
+/// An open `<id>@snap`, its size, and when it was opened.
+#[derive(Clone)]
+pub(crate) struct Reader {
+    at: Instant,
+    img: Arc<Image>,
+    size: u64,
+}
+
+/// Glance's RBD store on one pool.
+pub struct RbdStore {
+    name: String,
+    cfg: RbdStoreConfig,
+    conn: Mutex<Option<Arc<Conn>>>,
+    /// Read handles of committed images (`<id>@snap`), by id.
+    readers: Readers,
+    /// Uploads this process has open (gc never touches them).
+    live: Arc<Mutex<HashSet<String>>>,
+}
+
+impl RbdStore {
+    /// Checks the config; the cluster is connected at first use (and again
+    /// after an outage), so a cluster that is down does not stop the mount.
+    pub fn open(name: &str, cfg: &RbdStoreConfig) -> Result<RbdStore> {
+        if !cfg.ceph_conf.is_file() {
+            return Err(StoreError::InvalidInput(format!(
+                "ceph_conf {}: no such file",
+                cfg.ceph_conf.display()
+            )));
+        }
+        Ok(RbdStore {
+            name: name.to_string(),
+            cfg: cfg.clone(),
+            conn: Mutex::new(None),
+            readers: Arc::new(Mutex::new(LruCache::new(NonZeroUsize::new(64).unwrap()))),
+            live: Arc::new(Mutex::new(HashSet::new())),
+        })
+    }
+
+    /// The connection, made now if there is none.
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        if let Some(c) = &*self.conn.lock().unwrap() {
+            return Ok(c.clone());
+        }
+        let cfg = self.cfg.clone();
+        let c = Arc::new(blocking(move || Conn::connect(&cfg)).await?);
+        let mut slot = self.conn.lock().unwrap();
+        Ok(slot.get_or_insert(c).clone())
+    }
+
+    /// The open snapshot `<id>@snap` reads are served from.
+    async fn reader(&self, id: &str) -> Result<Reader> {
+        if let Some(r) = self.readers.lock().unwrap().get(id) {
+            if r.at.elapsed() < READER_TTL {
+                return Ok(r.clone());
+            }
+        }
+        let conn = self.conn().await?;
+        let name = id.to_string();
+        let (img, size) = blocking(move || {
+            let img = Image::open_read_only(&conn.pool, &name, Some(SNAP))
+                .map_err(|e| map_err(&name, e))?;
+            let (size, _) = img.stat().map_err(|e| map_err(&name, e))?;
+            Ok((img, size))
+        })
+        .await?;
+        let r = Reader {
+            at: Instant::now(),
+            img: Arc::new(img),
+            size,
+        };
+        self.readers.lock().unwrap().put(id.to_string(), r.clone());
+        Ok(r)
+    }
+
+    fn forget_reader(&self, id: &str) {
+        self.readers.lock().unwrap().pop(id);
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with_conn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Conn) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.conn().await?;
+        blocking(move || f(&conn)).await
+    }
+}
+
+/// Whether `name` is one of imagefs's own hidden images.
+fn is_hidden(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX) || name.starts_with(OLD_PREFIX)
+}
+
+/// A name for a temporary image of `id`, unique among writers.
+fn temp_name(prefix: &str, id: &str) -> String {
+    let n = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{prefix}{id}.{:x}{:04x}", n, std::process::id() & 0xffff)
+}
+
+/// What head and list report, read from `<id>@snap` open as `img`.
+fn meta_of(id: &str, img: &Image) -> std::result::Result<ObjectMeta, RbdError> {
+    let (size, _) = img.stat()?;
+    let snap_id = img
+        .snaps()?
+        .into_iter()
+        .find(|s| s.name == SNAP)
+        .map(|s| s.id)
+        .unwrap_or(0);
+    let pairs: BTreeMap<String, String> = img.metadata()?.into_iter().collect();
+    let m = meta::parse(&pairs);
+    let created = img.created()?;
+    let mtime = m.mtime.unwrap_or(created);
+    Ok(ObjectMeta {
+        id: id.to_string(),
+        size,
+        blocks: None,
+        mode: Some(m.mode.unwrap_or(0o644)),
+        uid: m.uid,
+        gid: m.gid,
+        atime: m.atime,
+        mtime,
+        ctime: Some(mtime.max(created)),
+        version: format!("{}@{snap_id}", img.id()?),
+    })
+}
+
+/// Glance's delete: unprotect `snap`, remove it, remove the image; clones
+/// of `snap` make it Busy; other snapshots send the image to the trash.
+fn delete_image(conn: &Conn, id: &str) -> Result<()> {
+    let err = |e| map_err(id, e);
+    let img = Image::open(&conn.pool, id).map_err(err)?;
+    let snaps = img.snaps().map_err(err)?;
+    if !snaps.iter().any(|s| s.name == SNAP) {
+        return Err(StoreError::NotFound(id.to_string()));
+    }
+    if img.snap_is_protected(SNAP).map_err(err)? {
+        match img.snap_unprotect(SNAP) {
+            Ok(()) => {}
+            Err(e) if e.errno == libc::EBUSY => {
+                return Err(StoreError::Busy(
+                    id.to_string(),
+                    "it has clones (copies or VM disks made from it)".into(),
+                ))
+            }
+            Err(e) if e.errno == libc::EINVAL => {} // already unprotected
+            Err(e) => return Err(err(e)),
+        }
+    }
+    img.snap_remove(SNAP).map_err(err)?;
+    let others = snaps.len() > 1;
+    drop(img);
+    if others {
+        conn.pool.trash_move(id, Duration::ZERO).map_err(err)?;
+    } else {
+        conn.pool.remove(id).map_err(err)?;
+    }
+    purge_old(conn, false);
+    Ok(())
+}
+
+/// Sends the old version of a replaced image (renamed `name`) to the
+/// trash. It stays there at least `OLD_GRACE`, so readers on other mounts
+/// that still have it open keep reading it, and after that as long as
+/// clones (the new version until its flatten ends, VM disks) need it.
+fn retire_old(conn: &Conn, name: &str) -> Result<()> {
+    conn.pool
+        .trash_move(name, OLD_GRACE)
+        .map_err(|e| map_err(name, e))
+}
+
+/// Removes old versions from the trash once their grace has passed (or at
+/// once with `force`) and nothing is cloned from them; returns their names.
+fn purge_old(conn: &Conn, force: bool) -> Vec<String> {
+    let now = SystemTime::now();
+    let Ok(trash) = conn.pool.trash_list() else {
+        return Vec::new();
+    };
+    let mut gone = Vec::new();
+    for t in trash {
+        if !t.name.starts_with(OLD_PREFIX) || (t.keep_until > now && !force) {
+            continue;
+        }
+        let Ok(img) = Image::open_by_id(&conn.pool, &t.id) else {
+            continue;
+        };
+        let has_snap = img
+            .snaps()
+            .map(|s| s.iter().any(|s| s.name == SNAP))
+            .unwrap_or(false);
+        if has_snap {
+            if img.snap_is_protected(SNAP).unwrap_or(false) && img.snap_unprotect(SNAP).is_err() {
+                continue; // clones still read from it
+            }
+            if img.snap_remove(SNAP).is_err() {
+                continue;
+            }
+        }
+        drop(img);
+        if conn.pool.trash_remove(&t.id, true).is_ok() {
+            gone.push(t.name);
+        }
+    }
+    gone
+}
+
+#[async_trait]
+impl Store for RbdStore {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn type_name(&self) -> &'static str {
+        "rbd"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            read_only: false,
+            random_write: true,
+            server_side_copy: true,
+            cheap_clone: true,
+            local_files: false,
+            metadata: true,
+        }
+    }
+
+    fn location(&self, id: &str) -> String {
+        let fsid = self
+            .conn
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|c| c.fsid.clone())
+            .unwrap_or_default();
+        if fsid.is_empty() {
+            // Glance's legacy form, until the cluster has been reached.
+            return format!("rbd://{id}");
+        }
+        format!("rbd://{fsid}/{}/{id}/{SNAP}", self.cfg.pool)
+    }
+
+    async fn list(&self) -> Result<Vec<ObjectMeta>> {
+        let conn = self.conn().await?;
+        let c = conn.clone();
+        let names = blocking(move || c.pool.list().map_err(|e| map_err("list", e))).await?;
+        let names: Vec<String> = names.into_iter().filter(|n| !is_hidden(n)).collect();
+        let mut out = Vec::with_capacity(names.len());
+        for batch in names.chunks(LIST_PARALLEL) {
+            let tasks: Vec<_> = batch
+                .iter()
+                .map(|n| {
+                    let (conn, n) = (conn.clone(), n.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let img = Image::open_read_only(&conn.pool, &n, Some(SNAP)).ok()?;
+                        meta_of(&n, &img).ok()
+                    })
+                })
+                .collect();
+            for t in tasks {
+                if let Ok(Some(m)) = t.await {
+                    out.push(m);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn head(&self, id: &str) -> Result<ObjectMeta> {
+        if validate_id(id).is_err() || is_hidden(id) {
+            return Err(StoreError::NotFound(id.to_string()));
+        }
+        let id = id.to_string();
+        self.with_conn(move |c| {
+            let img =
+                Image::open_read_only(&c.pool, &id, Some(SNAP)).map_err(|e| map_err(&id, e))?;
+            meta_of(&id, &img).map_err(|e| map_err(&id, e))
+        })
+        .await
+    }
+
+    async fn read(&self, id: &str, offset: u64, len: u32) -> Result<Bytes> {
+        let Reader { img, size, .. } = self.reader(id).await?;
+        if offset >= size {
+            return Ok(Bytes::new());
+        }
+        let len = (len as u64).min(size - offset) as usize;
+        img.read(offset, len).await.map_err(|e| {
+            self.forget_reader(id);
+            map_err(id, e)
+        })
+    }
+
+    async fn create_upload(&self, id: &str, mode: UploadMode) -> Result<Box<dyn Upload>> {
+        validate_id(id)?;
+        if is_hidden(id) {
+            return Err(StoreError::InvalidInput(format!(
+                "{id:?}: names starting with .imagefs- are reserved"
+            )));
+        }
+        let conn = self.conn().await?;
+        let up = RbdUpload::start(
+            conn,
+            id,
+            mode,
+            self.cfg.thin_provisioning,
+            self.live.clone(),
+            self.readers.clone(),
+        )
+        .await?;
+        Ok(Box::new(up))
+    }
+
+    async fn delete(&self, id: &str) -> Result<()> {
+        if is_hidden(id) {
+            return Err(StoreError::NotFound(id.to_string()));
+        }
+        self.forget_reader(id);
+        let id = id.to_string();
+        self.with_conn(move |c| delete_image(c, &id)).await
+    }
+
+    async fn rename(&self, from: &str, to: &str, replace: bool) -> Result<()> {
+        validate_id(to)?;
+        if is_hidden(from) || is_hidden(to) {
+            return Err(StoreError::InvalidInput("reserved image name".into()));
+        }
+        self.forget_reader(from);
+        self.forget_reader(to);
+        let (from, to) = (from.to_string(), to.to_string());
+        self.with_conn(move |c| {
+            // Only committed images move.
+            Image::open_read_only(&c.pool, &from, Some(SNAP)).map_err(|e| map_err(&from, e))?;
+            if Image::open_read_only(&c.pool, &to, Some(SNAP)).is_ok() {
+                if !replace {
+                    return Err(StoreError::AlreadyExists(to));
+                }
+                delete_image(c, &to)?;
+            }
+            c.pool.rename(&from, &to).map_err(|e| map_err(&to, e))
+        })
+        .await
+    }
+
+    async fn copy(&self, from: &str, to: &str) -> Result<()> {
+        validate_id(to)?;
+        if is_hidden(to) {
+            return Err(StoreError::InvalidInput("reserved image name".into()));
+        }
+        let (from, to) = (from.to_string(), to.to_string());
+        self.with_conn(move |c| upload::clone_committed(c, &from, &to))
+            .await
+    }
+
+    async fn set_attrs(&self, id: &str, attrs: &SetAttrs) -> Result<()> {
+        let pairs = meta::attr_pairs(attrs);
+        let id = id.to_string();
+        self.with_conn(move |c| {
+            let img = Image::open(&c.pool, &id).map_err(|e| map_err(&id, e))?;
+            for (k, v) in pairs {
+                img.metadata_set(k, &v).map_err(|e| map_err(&id, e))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_xattr(&self, id: &str, name: &str) -> Result<Vec<u8>> {
+        let key = meta::xattr_key(name);
+        let id = id.to_string();
+        self.with_conn(move |c| {
+            let img =
+                Image::open_read_only(&c.pool, &id, Some(SNAP)).map_err(|e| map_err(&id, e))?;
+            match img.metadata_get(&key).map_err(|e| map_err(&id, e))? {
+                Some(v) => Ok(meta::decode_value(&v)),
+                None => Err(StoreError::NoAttribute),
+            }
+        })
+        .await
+    }
+
+    async fn list_xattrs(&self, id: &str) -> Result<Vec<String>> {
+        let id = id.to_string();
+        self.with_conn(move |c| {
+            let img =
+                Image::open_read_only(&c.pool, &id, Some(SNAP)).map_err(|e| map_err(&id, e))?;
+            let pairs = img.metadata().map_err(|e| map_err(&id, e))?;
+            Ok(pairs
+                .iter()
+                .filter_map(|(k, _)| meta::xattr_name(k))
+                .collect())
+        })
+        .await
+    }
+
+    async fn set_xattr(&self, id: &str, name: &str, value: &[u8], mode: XattrMode) -> Result<()> {
+        let key = meta::xattr_key(name);
+        let value = meta::encode_value(value);
+        let id = id.to_string();
+        self.with_conn(move |c| {
+            Image::open_read_only(&c.pool, &id, Some(SNAP)).map_err(|e| map_err(&id, e))?;
+            let img = Image::open(&c.pool, &id).map_err(|e| map_err(&id, e))?;
+            let exists = img
+                .metadata_get(&key)
+                .map_err(|e| map_err(&id, e))?
+                .is_some();
+            match mode {
+                XattrMode::Create if exists => return Err(StoreError::AlreadyExists(key)),
+                XattrMode::Replace if !exists => return Err(StoreError::NoAttribute),
+                _ => {}
+            }
+            img.metadata_set(&key, &value).map_err(|e| map_err(&id, e))
+        })
+        .await
+    }
+
+    async fn remove_xattr(&self, id: &str, name: &str) -> Result<()> {
+        let key = meta::xattr_key(name);
+        let id = id.to_string();
+        self.with_conn(move |c| {
+            let img = Image::open(&c.pool, &id).map_err(|e| map_err(&id, e))?;
+            if img.metadata_remove(&key).map_err(|e| map_err(&id, e))? {
+                Ok(())
+            } else {
+                Err(StoreError::NoAttribute)
+            }
+        })
+        .await
+    }
+
+    async fn statfs(&self) -> Result<StatFs> {
+        self.with_conn(|c| {
+            let (total, _used, avail) = c.cluster.usage().map_err(|e| map_err("statfs", e))?;
+            let (_bytes, objects) = c.pool.usage().map_err(|e| map_err("statfs", e))?;
+            Ok(StatFs {
+                total_bytes: total,
+                free_bytes: avail,
+                avail_bytes: avail,
+                files: objects,
+                files_free: u32::MAX as u64,
+                block_size: 1 << c.layout.order.min(22),
+                name_max: 255,
+            })
+        })
+        .await
+    }
+
+    async fn gc(&self, older_than: Duration, dry_run: bool) -> Result<Vec<Leftover>> {
+        let live = self.live.lock().unwrap().clone();
+        self.with_conn(move |c| upload::collect(c, older_than, dry_run, &live))
+            .await
+    }
+}

@@ -1,0 +1,295 @@
+//! The store conformance suite, and interop checks with Ceph's own `rbd`
+//! CLI, against the RBD store on the real test cluster (scripts/ceph.sh up).
+//! Each case gets a fresh pool of its own, so cases run in parallel. A
+//! cluster that is not running fails these tests; it never skips them.
+
+mod conformance;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imagefs::config::RbdStoreConfig;
+use imagefs::store::{rbd::RbdStore, Store, StoreError, UploadMode, XATTR_CHECKSUM};
+
+fn ceph_conf() -> PathBuf {
+    let state =
+        std::env::var("IMAGEFS_STATE").unwrap_or_else(|_| "/var/tmp/imagefs-backends".into());
+    let conf = PathBuf::from(state).join("ceph/ceph.conf");
+    assert!(
+        conf.is_file(),
+        "{} is missing: start the cluster with `bash scripts/ceph.sh up`",
+        conf.display()
+    );
+    conf
+}
+
+/// Runs a Ceph CLI tool as admin; panics with its stderr on failure.
+fn run(tool: &str, args: &[&str]) -> Vec<u8> {
+    let conf = ceph_conf();
+    let out = Command::new("timeout")
+        .arg("120")
+        .arg(tool)
+        .arg("-c")
+        .arg(&conf)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn run_text(tool: &str, args: &[&str]) -> String {
+    String::from_utf8(run(tool, args)).unwrap()
+}
+
+/// A fresh, empty pool named for the test, with rbd enabled.
+fn fresh_pool(name: &str) -> String {
+    let pool = format!("conformance-{name}");
+    run(
+        "ceph",
+        &["config", "set", "mon", "mon_allow_pool_delete", "true"],
+    );
+    run(
+        "ceph",
+        &[
+            "osd",
+            "pool",
+            "rm",
+            &pool,
+            &pool,
+            "--yes-i-really-really-mean-it",
+        ],
+    );
+    run("ceph", &["osd", "pool", "create", &pool, "8", "8"]);
+    run("rbd", &["pool", "init", &pool]);
+    pool
+}
+
+fn store_on(pool: &str) -> Arc<dyn Store> {
+    let cfg = RbdStoreConfig {
+        pool: pool.to_string(),
+        user: None,
+        ceph_conf: ceph_conf(),
+        chunk_size_mb: 8,
+        connect_timeout: Duration::from_secs(30),
+        thin_provisioning: false,
+    };
+    Arc::new(RbdStore::open("fast", &cfg).unwrap())
+}
+
+/// A store on a fresh pool named after the calling test.
+macro_rules! rbd_store {
+    () => {{
+        async {
+            let name = {
+                fn f() {}
+                let n = std::any::type_name_of_val(&f);
+                n.trim_end_matches("::f")
+                    .rsplit("::")
+                    .find(|s| *s != "{{closure}}")
+                    .unwrap()
+                    .replace('_', "-")
+            };
+            let pool = tokio::task::spawn_blocking(move || fresh_pool(&name))
+                .await
+                .unwrap();
+            store_on(&pool)
+        }
+    }};
+}
+
+conformance_tests!(rbd_store!());
+
+// ---- interop with Ceph's own tools ----------------------------------------
+
+fn rbd_info(pool: &str, spec: &str) -> serde_json::Value {
+    let out = run_text(
+        "rbd",
+        &["info", "--format", "json", &format!("{pool}/{spec}")],
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+fn snaps(pool: &str, id: &str) -> serde_json::Value {
+    let out = run_text(
+        "rbd",
+        &["snap", "ls", "--format", "json", &format!("{pool}/{id}")],
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Written through the store: exactly what Glance's driver produces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layout_matches_glance() {
+    let pool = tokio::task::spawn_blocking(|| fresh_pool("layout"))
+        .await
+        .unwrap();
+    let store = store_on(&pool);
+    let bytes = conformance::data((9 << 20) + 4321, 7);
+    conformance::put(&store, "3f1c0e2a-0000-4000-8000-000000000001", &bytes).await;
+    let id = "3f1c0e2a-0000-4000-8000-000000000001";
+    let info = rbd_info(&pool, id);
+    assert_eq!(info["format"], 2);
+    assert_eq!(info["order"], 23, "order from rbd_store_chunk_size 8");
+    assert_eq!(
+        info["size"],
+        bytes.len() as u64,
+        "trimmed to the bytes written"
+    );
+    let default = run_text("ceph", &["config", "get", "client", "rbd_default_features"]);
+    let want: Vec<&str> = if default.trim() == "0" {
+        vec!["layering"]
+    } else {
+        // Pacific's default, 61.
+        vec![
+            "layering",
+            "exclusive-lock",
+            "object-map",
+            "fast-diff",
+            "deep-flatten",
+        ]
+    };
+    let mut got: Vec<String> = info["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    let mut want: Vec<String> = want.into_iter().map(String::from).collect();
+    want.sort();
+    assert_eq!(got, want, "features: ceph.conf's rbd_default_features");
+    let s = snaps(&pool, id);
+    assert_eq!(s.as_array().unwrap().len(), 1);
+    assert_eq!(s[0]["name"], "snap");
+    assert_eq!(s[0]["protected"], "true");
+    let exported = run("rbd", &["export", &format!("{pool}/{id}@snap"), "-"]);
+    assert!(exported == bytes, "rbd export of <id>@snap differs");
+    let md5 = run_text(
+        "rbd",
+        &[
+            "image-meta",
+            "get",
+            &format!("{pool}/{id}"),
+            "imagefs.checksum",
+        ],
+    );
+    assert_eq!(md5.trim(), "d41d8cd98f00b204e9800998ecf8427e");
+    let fsid = run_text("ceph", &["fsid"]);
+    assert_eq!(
+        store.location(id),
+        format!("rbd://{}/{pool}/{id}/snap", fsid.trim())
+    );
+}
+
+/// Stored the way Glance does it: reads byte-identical through the store;
+/// an image without `snap` is an upload in progress and is not listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glance_images_read_back() {
+    let pool = tokio::task::spawn_blocking(|| fresh_pool("glance-import"))
+        .await
+        .unwrap();
+    let store = store_on(&pool);
+    let bytes = conformance::data((17 << 20) + 99, 8);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &bytes).unwrap();
+    let path = file.path().to_str().unwrap().to_string();
+    let p = pool.clone();
+    tokio::task::spawn_blocking(move || {
+        run(
+            "rbd",
+            &["import", "--order", "23", &path, &format!("{p}/glance-img")],
+        );
+        run("rbd", &["snap", "create", &format!("{p}/glance-img@snap")]);
+        run("rbd", &["snap", "protect", &format!("{p}/glance-img@snap")]);
+        run(
+            "rbd",
+            &["create", "--size", "1M", &format!("{p}/half-uploaded")],
+        );
+    })
+    .await
+    .unwrap();
+    let head = store.head("glance-img").await.unwrap();
+    assert_eq!(head.size, bytes.len() as u64);
+    assert!(conformance::get(&store, "glance-img").await == bytes);
+    let ids: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(ids, vec!["glance-img".to_string()]);
+    assert!(matches!(
+        store.head("half-uploaded").await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Glance's delete path, through the store.
+    store.delete("glance-img").await.unwrap();
+    let left = run_text("rbd", &["ls", &pool]);
+    assert_eq!(left.trim(), "half-uploaded");
+    // gc removes the unfinished upload (no live writer has it open).
+    let found = store.gc(Duration::ZERO, false).await.unwrap();
+    assert!(
+        found.iter().any(|l| l.name == "half-uploaded" && l.removed),
+        "{found:?}"
+    );
+    assert_eq!(run_text("rbd", &["ls", &pool]).trim(), "");
+}
+
+/// A copy is a clone of `<src>@snap`, itself a Glance image; the source
+/// then cannot be deleted (EBUSY) while the clone exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_is_a_clone_and_pins_its_source() {
+    let pool = tokio::task::spawn_blocking(|| fresh_pool("clone"))
+        .await
+        .unwrap();
+    let store = store_on(&pool);
+    let bytes = conformance::data(3 << 20, 9);
+    conformance::put(&store, "src", &bytes).await;
+    // Whole-image copy_file_range into a new upload, as `cp` does.
+    let mut up = store.create_upload("dst", UploadMode::New).await.unwrap();
+    assert_eq!(
+        up.copy_from("src", 0, 0, u64::MAX >> 1).await.unwrap(),
+        bytes.len() as u64
+    );
+    up.commit(None, false).await.unwrap();
+    let info = rbd_info(&pool, "dst");
+    assert_eq!(info["parent"]["image"], "src");
+    assert_eq!(info["parent"]["snapshot"], "snap");
+    assert_eq!(snaps(&pool, "dst")[0]["protected"], "true");
+    assert!(conformance::get(&store, "dst").await == bytes);
+    // Checksums belong to content the store did not see: the layer above
+    // hands them to commit (it reuses the source's for a whole copy).
+    assert!(matches!(
+        store.get_xattr("dst", XATTR_CHECKSUM).await,
+        Err(StoreError::NoAttribute)
+    ));
+    match store.delete("src").await {
+        Err(StoreError::Busy(..)) => {}
+        other => panic!("deleting a cloned image: {other:?}"),
+    }
+    assert!(conformance::get(&store, "src").await == bytes, "src intact");
+    // Rewriting the source in place keeps its clone's parent readable.
+    let mut up = store
+        .create_upload("src", UploadMode::Modify)
+        .await
+        .unwrap();
+    up.write_at(0, bytes::Bytes::from_static(b"new!"))
+        .await
+        .unwrap();
+    up.commit(None, false).await.unwrap();
+    assert_eq!(&conformance::get(&store, "src").await[..4], b"new!");
+    assert!(
+        conformance::get(&store, "dst").await == bytes,
+        "clone unchanged"
+    );
+    store.delete("dst").await.unwrap();
+    store.delete("src").await.unwrap();
+}
