@@ -1,11 +1,13 @@
-//! Whether a process still holds an image open: read from
-//! /proc/PID/fdinfo (mount id and inode of each of its open files), never
-//! by a stat that would ask this very file system.
+//! Whether a process still holds an image open for writing: read from
+//! /proc/PID/fdinfo (mount id, inode and open flags of each of its open
+//! files), never by a stat that would ask this very file system.
 
 use std::fs;
 
-/// Whether process `pid` has a file open whose inode is `ino` on the mount
-/// `mount_id`. Unknown (no such process, /proc unreadable) counts as no.
+/// Whether process `pid` has a file open for writing whose inode is `ino`
+/// on the mount `mount_id` (a descriptor open read-only does not count: a
+/// reader keeping the image open must not hold back the commit of its own
+/// writes). Unknown (no such process, /proc unreadable) counts as no.
 pub fn holds(pid: u32, mount_id: u64, ino: u64) -> bool {
     let Ok(dir) = fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
         return false;
@@ -23,7 +25,15 @@ fn matches(info: &str, mount_id: u64, ino: u64) -> bool {
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
-    field("mnt_id:") == Some(mount_id) && field("ino:") == Some(ino)
+    let flags = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 8).ok());
+    let writable = flags.is_some_and(|f| {
+        let acc = f & libc::O_ACCMODE as u64;
+        acc == libc::O_WRONLY as u64 || acc == libc::O_RDWR as u64
+    });
+    writable && field("mnt_id:") == Some(mount_id) && field("ino:") == Some(ino)
 }
 
 #[cfg(test)]
@@ -35,6 +45,8 @@ mod tests {
     fn parses_fdinfo() {
         let info = "pos:\t0\nflags:\t0100002\nmnt_id:\t57\nino:\t12\n";
         assert!(matches(info, 57, 12));
+        let read_only = "pos:\t0\nflags:\t0100000\nmnt_id:\t57\nino:\t12\n";
+        assert!(!matches(read_only, 57, 12), "a reader holds nothing back");
         assert!(!matches(info, 57, 13));
         assert!(!matches(info, 58, 12));
         assert!(!matches("pos:\t0\n", 57, 12));

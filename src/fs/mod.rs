@@ -11,6 +11,7 @@ mod inode;
 #[cfg(test)]
 mod model_tests;
 mod open;
+mod readahead;
 mod staging;
 #[cfg(test)]
 mod tests;
@@ -37,6 +38,7 @@ use crate::store::{
 };
 use inode::{ImageNode, Inodes, Node};
 use open::Handle;
+use readahead::ReadAhead;
 use staging::{StagedAttrs, Staging};
 
 /// How the filesystem behaves; built from the config and mount options.
@@ -113,6 +115,8 @@ pub struct ImageFs {
     inodes: Inodes,
     handles: Mutex<HashMap<u64, Handle>>,
     dirs: Mutex<HashMap<u64, OpenDir>>,
+    /// Read-ahead of open handles of remote images: fh -> (inode, state).
+    readahead: Mutex<HashMap<u64, (u64, Arc<ReadAhead>)>>,
     listings: Vec<Mutex<Option<ListingCache>>>,
     next_fh: AtomicU64,
     /// The kernel accepted FUSE passthrough at init.
@@ -138,6 +142,7 @@ impl ImageFs {
             opts,
             handles: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            readahead: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             passthrough_ok: AtomicBool::new(false),
             mount_id: AtomicU64::new(0),
@@ -589,6 +594,11 @@ impl ImageFs {
         let result = self.stores[s].rename(name, newname, !noreplace).await;
         self.invalidate_listing(s);
         result?;
+        for n in [name, newname] {
+            if let Some(img) = self.inodes.by_name(s, n) {
+                self.drop_readahead(img.ino);
+            }
+        }
         self.inodes.rename(s, name, newname);
         Ok(())
     }
@@ -918,7 +928,24 @@ impl ImageFs {
             }
         }
         let name = Self::name_of(&img)?;
-        Ok(self.stores[img.store].read(&name, offset, size).await?)
+        let store = &self.stores[img.store];
+        if store.capabilities().local_files {
+            return Ok(store.read(&name, offset, size).await?);
+        }
+        let ra = self
+            .readahead
+            .lock()
+            .unwrap()
+            .entry(fh)
+            .or_insert_with(|| (img.ino, Arc::new(ReadAhead::new(store.clone(), name))))
+            .1
+            .clone();
+        Ok(ra.read(offset, size).await?)
+    }
+
+    /// Forgets what handles of `ino` read ahead: the image changed or moved.
+    fn drop_readahead(&self, ino: u64) {
+        self.readahead.lock().unwrap().retain(|_, (i, _)| *i != ino);
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {
@@ -983,6 +1010,7 @@ impl ImageFs {
             self.invalidate_listing(img.store);
             return match result {
                 Ok(meta) => {
+                    self.drop_readahead(img.ino);
                     *img.meta.lock().unwrap() = Some((Instant::now(), meta));
                     Ok(())
                 }
@@ -1008,6 +1036,7 @@ impl ImageFs {
         self.invalidate_listing(img.store);
         match result {
             Ok(meta) => {
+                self.drop_readahead(img.ino);
                 tracing::debug!(store = store.name(), id, size = meta.size, "committed");
                 *img.meta.lock().unwrap() = Some((Instant::now(), meta));
                 Ok(())
@@ -1057,6 +1086,7 @@ impl ImageFs {
     /// Last close of a handle; commits leftovers of the last writer (mmap
     /// writes can arrive after flush).
     pub async fn release(&self, fh: u64) {
+        self.readahead.lock().unwrap().remove(&fh);
         let Some(h) = self.handles.lock().unwrap().remove(&fh) else {
             return;
         };

@@ -192,6 +192,19 @@ extern "C" {
     fn rbd_snap_unprotect(image: RbdImageT, name: *const c_char) -> c_int;
     fn rbd_snap_is_protected(image: RbdImageT, name: *const c_char, prot: *mut c_int) -> c_int;
     fn rbd_flatten(image: RbdImageT) -> c_int;
+    fn rbd_list_children3(
+        image: RbdImageT,
+        images: *mut RbdLinkedImageSpec,
+        max: *mut usize,
+    ) -> c_int;
+    fn rbd_linked_image_spec_list_cleanup(specs: *mut RbdLinkedImageSpec, n: usize);
+    fn rbd_pool_metadata_get(
+        io: rados_ioctx_t,
+        key: *const c_char,
+        value: *mut c_char,
+        len: *mut usize,
+    ) -> c_int;
+    fn rbd_pool_metadata_set(io: rados_ioctx_t, key: *const c_char, value: *const c_char) -> c_int;
     fn rbd_watchers_list(image: RbdImageT, w: *mut RbdImageWatcher, max: *mut usize) -> c_int;
     fn rbd_watchers_list_cleanup(w: *mut RbdImageWatcher, n: usize);
     fn rbd_metadata_get(
@@ -569,6 +582,29 @@ impl Pool {
         }
     }
 
+    /// A pool-level metadata value (`rbd config pool` / pool metadata).
+    pub fn metadata_get(&self, key: &str) -> RbdResult<Option<String>> {
+        let k = cstr("rbd_pool_metadata_get", key)?;
+        match grow("rbd_pool_metadata_get", 0 as c_char, |p, len| {
+            // SAFETY: buffer of *len bytes.
+            unsafe { rbd_pool_metadata_get(self.io, k.as_ptr(), p, len) }
+        }) {
+            Ok((buf, _, _)) => Ok(Some(owned(buf.as_ptr()))),
+            Err(e) if e.errno == libc::ENOENT => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn metadata_set(&self, key: &str, value: &str) -> RbdResult<()> {
+        let k = cstr("rbd_pool_metadata_set", key)?;
+        let v = cstr("rbd_pool_metadata_set", value)?;
+        // SAFETY: valid io context and strings.
+        check("rbd_pool_metadata_set", unsafe {
+            rbd_pool_metadata_set(self.io, k.as_ptr(), v.as_ptr())
+        })?;
+        Ok(())
+    }
+
     /// Removes a trashed image for good (fails while it has snapshots);
     /// `force` also before its deferment ends.
     pub fn trash_remove(&self, id: &str, force: bool) -> RbdResult<()> {
@@ -893,6 +929,28 @@ impl Image {
         // SAFETY: open image.
         check("rbd_flatten", unsafe { rbd_flatten(self.img) })?;
         Ok(())
+    }
+
+    /// Names of the clones of the snapshot this handle is open at.
+    pub fn children(&self) -> RbdResult<Vec<String>> {
+        let mut cap = 16usize;
+        loop {
+            // SAFETY: plain C structs, zero is valid.
+            let mut v: Vec<RbdLinkedImageSpec> =
+                (0..cap).map(|_| unsafe { std::mem::zeroed() }).collect();
+            let mut n = cap;
+            // SAFETY: array of `cap` entries.
+            let ret = unsafe { rbd_list_children3(self.img, v.as_mut_ptr(), &mut n) };
+            if ret == -libc::ERANGE {
+                cap = n.max(cap * 2);
+                continue;
+            }
+            check("rbd_list_children3", ret)?;
+            let out = v[..n].iter().map(|c| owned(c.image_name)).collect();
+            // SAFETY: the first n entries were filled.
+            unsafe { rbd_linked_image_spec_list_cleanup(v.as_mut_ptr(), n) };
+            return Ok(out);
+        }
     }
 
     /// Global ids of the clients watching the image (those that have it open

@@ -12,6 +12,8 @@ pub const UID: &str = "imagefs.uid";
 pub const GID: &str = "imagefs.gid";
 pub const ATIME: &str = "imagefs.atime";
 pub const MTIME: &str = "imagefs.mtime";
+/// Moves with every change of content or attributes.
+pub const CTIME: &str = "imagefs.ctime";
 pub const CHECKSUM: &str = "imagefs.checksum";
 pub const OS_HASH_ALGO: &str = "imagefs.os_hash_algo";
 pub const OS_HASH_VALUE: &str = "imagefs.os_hash_value";
@@ -82,6 +84,7 @@ pub fn attr_pairs(attrs: &SetAttrs) -> Vec<(&'static str, String)> {
     if let Some(t) = attrs.mtime {
         out.push((MTIME, encode_time(t)));
     }
+    out.push((CTIME, encode_time(SystemTime::now())));
     out
 }
 
@@ -101,6 +104,7 @@ pub struct Parsed {
     pub gid: Option<u32>,
     pub atime: Option<SystemTime>,
     pub mtime: Option<SystemTime>,
+    pub ctime: Option<SystemTime>,
 }
 
 pub fn parse(pairs: &BTreeMap<String, String>) -> Parsed {
@@ -111,6 +115,7 @@ pub fn parse(pairs: &BTreeMap<String, String>) -> Parsed {
         gid: num(GID),
         atime: pairs.get(ATIME).and_then(|v| decode_time(v)),
         mtime: pairs.get(MTIME).and_then(|v| decode_time(v)),
+        ctime: pairs.get(CTIME).and_then(|v| decode_time(v)),
     }
 }
 

@@ -265,7 +265,7 @@ fn meta_of(id: &str, img: &Image) -> std::result::Result<ObjectMeta, RbdError> {
         gid: m.gid,
         atime: m.atime,
         mtime,
-        ctime: Some(mtime.max(created)),
+        ctime: Some(m.ctime.unwrap_or(mtime.max(created))),
         version: format!("{}@{snap_id}", img.id()?),
     })
 }
@@ -283,10 +283,19 @@ fn delete_image(conn: &Conn, id: &str) -> Result<()> {
         match img.snap_unprotect(SNAP) {
             Ok(()) => {}
             Err(e) if e.errno == libc::EBUSY => {
+                drop(img);
+                if only_our_clones(conn, id) {
+                    // Writes in progress (handles still open on an image
+                    // being removed) read from it: the name goes now, the
+                    // data once they are done.
+                    let old = temp_name(OLD_PREFIX, id);
+                    conn.pool.rename(id, &old).map_err(err)?;
+                    return retire_old(conn, &old);
+                }
                 return Err(StoreError::Busy(
                     id.to_string(),
                     "it has clones (copies or VM disks made from it)".into(),
-                ))
+                ));
             }
             Err(e) if e.errno == libc::EINVAL => {} // already unprotected
             Err(e) => return Err(err(e)),
@@ -300,8 +309,27 @@ fn delete_image(conn: &Conn, id: &str) -> Result<()> {
     } else {
         conn.pool.remove(id).map_err(err)?;
     }
+    touch_dir(conn);
     purge_old(conn, false);
     Ok(())
+}
+
+/// An image was added to or removed from the pool: the store directory's
+/// mtime and ctime move, as a directory's do (kept as pool metadata).
+fn touch_dir(conn: &Conn) {
+    let now = meta::encode_time(SystemTime::now());
+    for key in [meta::MTIME, meta::CTIME] {
+        if let Err(e) = conn.pool.metadata_set(key, &now) {
+            tracing::debug!("store directory times: {e}");
+        }
+    }
+}
+
+/// Whether every clone of `id@snap` is a temporary image of imagefs's own.
+fn only_our_clones(conn: &Conn, id: &str) -> bool {
+    Image::open_read_only(&conn.pool, id, Some(SNAP))
+        .and_then(|s| s.children())
+        .is_ok_and(|c| !c.is_empty() && c.iter().all(|n| n.starts_with(TEMP_PREFIX)))
 }
 
 /// Sends the old version of a replaced image (renamed `name`) to the
@@ -383,6 +411,55 @@ impl Store for RbdStore {
             return format!("rbd://{id}");
         }
         format!("rbd://{fsid}/{}/{id}/{SNAP}", self.cfg.pool)
+    }
+
+    async fn root_attrs(&self) -> Result<Option<ObjectMeta>> {
+        self.with_conn(|c| {
+            let mut pairs = BTreeMap::new();
+            for key in [
+                meta::MODE,
+                meta::UID,
+                meta::GID,
+                meta::ATIME,
+                meta::MTIME,
+                meta::CTIME,
+            ] {
+                if let Some(v) = c.pool.metadata_get(key).map_err(|e| map_err("pool", e))? {
+                    pairs.insert(key.to_string(), v);
+                }
+            }
+            if pairs.is_empty() {
+                return Ok(None);
+            }
+            let m = meta::parse(&pairs);
+            let mtime = m.mtime.unwrap_or(SystemTime::UNIX_EPOCH);
+            Ok(Some(ObjectMeta {
+                id: String::new(),
+                size: 0,
+                blocks: None,
+                mode: Some(m.mode.unwrap_or(0o755)),
+                uid: m.uid,
+                gid: m.gid,
+                atime: m.atime,
+                mtime,
+                ctime: Some(m.ctime.unwrap_or(mtime)),
+                version: String::new(),
+            }))
+        })
+        .await
+    }
+
+    /// Kept as pool metadata (`imagefs.mode`, ...), so `rsync -a` into the
+    /// store's directory can set them.
+    async fn set_root_attrs(&self, attrs: &SetAttrs) -> Result<()> {
+        let pairs = meta::attr_pairs(attrs);
+        self.with_conn(move |c| {
+            for (k, v) in pairs {
+                c.pool.metadata_set(k, &v).map_err(|e| map_err("pool", e))?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn list(&self) -> Result<Vec<ObjectMeta>> {
@@ -482,7 +559,9 @@ impl Store for RbdStore {
                 }
                 delete_image(c, &to)?;
             }
-            c.pool.rename(&from, &to).map_err(|e| map_err(&to, e))
+            c.pool.rename(&from, &to).map_err(|e| map_err(&to, e))?;
+            touch_dir(c);
+            Ok(())
         })
         .await
     }
@@ -554,7 +633,11 @@ impl Store for RbdStore {
                 XattrMode::Replace if !exists => return Err(StoreError::NoAttribute),
                 _ => {}
             }
-            img.metadata_set(&key, &value).map_err(|e| map_err(&id, e))
+            img.metadata_set(&key, &value)
+                .map_err(|e| map_err(&id, e))?;
+            let now = meta::encode_time(SystemTime::now());
+            img.metadata_set(meta::CTIME, &now)
+                .map_err(|e| map_err(&id, e))
         })
         .await
     }
@@ -584,7 +667,7 @@ impl Store for RbdStore {
                 files: objects,
                 files_free: u32::MAX as u64,
                 block_size: 1 << c.layout.order.min(22),
-                name_max: 255,
+                name_max: 255 - TEMP_PREFIX.len() as u32,
             })
         })
         .await

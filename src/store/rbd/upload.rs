@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use super::ffi::{AioWait, Image};
 use super::{blocking, delete_image, map_err, meta, meta_of, purge_old, retire_old, temp_name};
-use super::{Conn, Readers};
+use super::{touch_dir, Conn, Readers};
 use super::{FEATURE_LAYERING, OLD_PREFIX, SNAP};
 use crate::store::{
     Checksums, Leftover, ObjectMeta, Result, SetAttrs, StoreError, Upload, UploadMode, TEMP_PREFIX,
@@ -84,7 +84,10 @@ impl RbdUpload {
                     let src = Image::open_read_only(&c.pool, &i, Some(SNAP)).map_err(err)?;
                     let (size, _) = src.stat().map_err(err)?;
                     drop(src);
-                    if c.layout.features & FEATURE_LAYERING != 0 {
+                    if size == 0 {
+                        // Nothing to share (and RBD clones no empty parent).
+                        c.pool.create(&t, 0, c.layout).map_err(err)?;
+                    } else if c.layout.features & FEATURE_LAYERING != 0 {
                         c.pool.clone_image(&i, SNAP, &t, c.layout).map_err(err)?;
                     } else {
                         c.pool.create(&t, size, c.layout).map_err(err)?;
@@ -272,7 +275,7 @@ pub(crate) fn clone_committed(c: &Conn, from: &str, to: &str) -> Result<()> {
     if Image::open_read_only(&c.pool, to, None).is_ok() {
         return Err(StoreError::AlreadyExists(to.to_string()));
     }
-    if c.layout.features & FEATURE_LAYERING != 0 {
+    if size > 0 && c.layout.features & FEATURE_LAYERING != 0 {
         c.pool
             .clone_image(from, SNAP, to, c.layout)
             .map_err(|e| map_err(to, e))?;
@@ -288,7 +291,9 @@ pub(crate) fn clone_committed(c: &Conn, from: &str, to: &str) -> Result<()> {
             img.metadata_set(k, v).map_err(|e| map_err(to, e))?;
         }
         img.snap_create(SNAP).map_err(|e| map_err(to, e))?;
-        img.snap_protect(SNAP).map_err(|e| map_err(to, e))
+        img.snap_protect(SNAP).map_err(|e| map_err(to, e))?;
+        touch_dir(c);
+        Ok(())
     };
     finish().inspect_err(|_| {
         let _ = delete_image(c, to).or_else(|_| c.pool.remove(to).map_err(|e| map_err(to, e)));
@@ -318,6 +323,7 @@ fn commit_sync(
     img.snap_create(SNAP).map_err(err)?;
     img.snap_protect(SNAP).map_err(err)?;
     if mode == UploadMode::New {
+        touch_dir(c);
         return Ok(());
     }
     // RBD has no atomic replace: the old version steps aside under a
@@ -456,7 +462,7 @@ impl Upload for RbdUpload {
                 img.stat().map(|s| s.0).map_err(|e| map_err(&s, e))
             })
             .await?;
-            if len >= size {
+            if len >= size && size > 0 {
                 return self.become_clone(src).await;
             }
         }
@@ -614,7 +620,10 @@ pub(crate) fn collect(
             .map(|w| w.iter().any(|&id| id != me))
             .unwrap_or(true);
         drop(img);
-        let removed = !dry_run && !watched && {
+        if watched {
+            continue; // a live writer's (or one that died < 30 s ago)
+        }
+        let removed = !dry_run && {
             if committed {
                 delete_image(c, &name).is_ok()
             } else {
