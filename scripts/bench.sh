@@ -800,6 +800,9 @@ rbd_verify() { # system what image-spec-or-path source bytes: content check (not
     else
         cmp -s -n "$bytes" <("${RBD[@]}" export --no-progress "$from" - 2>/dev/null) "$src" ||
             die "$s: $what: rbd export $from differs from the source data"
+        # Reap rbd now: its SIGCHLD arriving while this shell waits on a FUSE
+        # call (the next stat) makes the kernel send FUSE_INTERRUPT.
+        wait "$!" 2>/dev/null || true
     fi
 }
 
