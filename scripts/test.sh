@@ -30,15 +30,26 @@ cargo test --release --locked 2>&1 | tee /tmp/imagefs-cargo-test.log
 unit_passed=$(awk '/^test result:/ {p += $4} END {print p + 0}' /tmp/imagefs-cargo-test.log)
 unit_failed=$(awk '/^test result:/ {f += $6} END {print f + 0}' /tmp/imagefs-cargo-test.log)
 
+# fuse_tests TYPE: the FUSE tests on stores of TYPE; adds to fuse_passed/failed.
+fuse_passed=0; fuse_failed=0
+fuse_tests() {
+    local log="/tmp/imagefs-fuse-tests-$1.log" rc line p f
+    set +e
+    bash fuse-tests/run.sh --store-type "$1" --binary target/release/imagefs 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    set -e
+    line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$log" | tail -1)
+    p=$(echo "${line:-0 passed, 1 failed}" | awk '{print $1}')
+    f=$(echo "${line:-0 passed, 1 failed}" | awk '{print $3}')
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; fi
+    fuse_passed=$((fuse_passed + p)); fuse_failed=$((fuse_failed + f))
+}
+
 step "FUSE tests (file store)"
-set +e
-bash fuse-tests/run.sh --store-type file --binary target/release/imagefs 2>&1 | tee /tmp/imagefs-fuse-tests.log
-fuse_rc=${PIPESTATUS[0]}
-set -e
-fuse_line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' /tmp/imagefs-fuse-tests.log | tail -1)
-fuse_passed=$(echo "${fuse_line:-0 passed, 1 failed}" | awk '{print $1}')
-fuse_failed=$(echo "${fuse_line:-0 passed, 1 failed}" | awk '{print $3}')
-if [ "$fuse_rc" -ne 0 ] && [ "$fuse_failed" -eq 0 ]; then fuse_failed=1; fi
+fuse_tests file
+
+step "FUSE tests (rbd store, on the Ceph cluster)"
+fuse_tests rbd
 
 step "done"
 echo "unit+conformance: $unit_passed passed, $unit_failed failed; fuse-tests: $fuse_passed passed, $fuse_failed failed"

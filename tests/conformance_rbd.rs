@@ -271,6 +271,38 @@ async fn copy_is_a_clone_and_pins_its_source() {
         store.get_xattr("dst", XATTR_CHECKSUM).await,
         Err(StoreError::NoAttribute)
     ));
+    // In pieces, as copy_file_range comes through FUSE (1 GiB at most per
+    // call): still one clone; a copy of a prefix only is just that prefix.
+    let mut up = store
+        .create_upload("pieces", UploadMode::New)
+        .await
+        .unwrap();
+    let mut off = 0;
+    while off < bytes.len() as u64 {
+        off += up.copy_from("src", off, off, 1 << 20).await.unwrap();
+    }
+    assert_eq!(up.copy_from("src", off, off, 1 << 20).await.unwrap(), 0);
+    up.commit(None, false).await.unwrap();
+    assert_eq!(rbd_info(&pool, "pieces")["parent"]["image"], "src");
+    assert!(conformance::get(&store, "pieces").await == bytes);
+    let mut up = store
+        .create_upload("prefix", UploadMode::New)
+        .await
+        .unwrap();
+    assert_eq!(up.copy_from("src", 0, 0, 1 << 20).await.unwrap(), 1 << 20);
+    up.write_at(3 << 20, bytes::Bytes::from_static(b"end"))
+        .await
+        .unwrap();
+    up.commit(None, false).await.unwrap();
+    let got = conformance::get(&store, "prefix").await;
+    assert_eq!(got.len(), (3 << 20) + 3);
+    assert!(got[..1 << 20] == bytes[..1 << 20]);
+    assert!(
+        got[1 << 20..3 << 20].iter().all(|&b| b == 0),
+        "gap reads as zeros"
+    );
+    store.delete("pieces").await.unwrap();
+    store.delete("prefix").await.unwrap();
     match store.delete("src").await {
         Err(StoreError::Busy(..)) => {}
         other => panic!("deleting a cloned image: {other:?}"),
@@ -292,4 +324,60 @@ async fn copy_is_a_clone_and_pins_its_source() {
     );
     store.delete("dst").await.unwrap();
     store.delete("src").await.unwrap();
+}
+
+/// A cluster that does not answer: every call fails (EIO at the mount)
+/// within the configured timeout instead of hanging, and the store stays
+/// usable for the next try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_fails_within_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("ceph.conf");
+    let real = std::fs::read_to_string(ceph_conf()).unwrap();
+    // A "monitor" that accepts connections and never answers (a hung
+    // server, the hard case), and one nobody listens on.
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hung.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in hung.incoming() {
+            held.push(c);
+        }
+    });
+    let dead: String = real
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("mon host") {
+                format!("mon host = [v2:127.0.0.1:{port},v1:127.0.0.1:1]")
+            } else {
+                l.to_string()
+            }
+        })
+        .map(|l| l + "\n")
+        .collect();
+    std::fs::write(&conf, dead).unwrap();
+    let cfg = RbdStoreConfig {
+        pool: "images".into(),
+        user: None,
+        ceph_conf: conf,
+        chunk_size_mb: 8,
+        connect_timeout: Duration::from_secs(3),
+        thin_provisioning: false,
+    };
+    let store = RbdStore::open("down", &cfg).unwrap();
+    for _ in 0..2 {
+        let t = std::time::Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(30), store.head("x"))
+            .await
+            .expect("head hung on a dead cluster");
+        assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+        // It waited for the timeout (the hung monitor), and no longer.
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(15),
+            "{took:?}"
+        );
+        let msg = r.unwrap_err().to_string();
+        assert!(msg.contains("rados_connect"), "{msg}");
+    }
 }

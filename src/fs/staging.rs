@@ -260,6 +260,10 @@ impl Staging {
             (None, Some((src, n))) if *n == len && still_a_copy => {
                 match copied_sums(store, src, algo, len).await {
                     Some(s) => Some(s),
+                    // A clone (constant time) of an image that has no
+                    // checksums of its own (Glance wrote it): the copy has
+                    // none either, rather than reading it all back.
+                    None if store.capabilities().cheap_clone => None,
                     None => Some(rehash(&*self.upload, algo).await?),
                 }
             }

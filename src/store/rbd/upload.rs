@@ -47,6 +47,11 @@ pub(crate) struct RbdUpload {
     /// Nothing at or past this offset was ever written (reads as zeros).
     fresh_from: u64,
     thin: bool,
+    /// The image is a clone of this committed image (id, size), of which the
+    /// first `len` bytes have been asked for so far: copy_file_range comes
+    /// in pieces (at most 1 GiB each through FUSE), the clone is made at the
+    /// first and the later ones cost nothing.
+    clone_of: Option<(String, u64)>,
     in_flight: Mutex<VecDeque<AioWait>>,
     failed: Mutex<Option<String>>,
     attrs: SetAttrs,
@@ -114,6 +119,7 @@ impl RbdUpload {
             size: len,
             fresh_from: len,
             thin,
+            clone_of: None,
             in_flight: Mutex::new(VecDeque::new()),
             failed: Mutex::new(None),
             attrs: SetAttrs::default(),
@@ -175,6 +181,16 @@ impl RbdUpload {
         let step = self.size.clamp(object, MAX_GROW);
         let want = end.max(self.size + step).div_ceil(object) * object;
         self.resize(want).await
+    }
+
+    /// Ends a piecewise clone: what was not asked for goes.
+    async fn settle_clone(&mut self) -> Result<()> {
+        if self.clone_of.take().is_some() && self.len < self.size {
+            let len = self.len;
+            self.resize(len).await?;
+            self.fresh_from = self.fresh_from.min(len);
+        }
+        Ok(())
     }
 
     /// Makes `self.target` a clone of committed `src` (nothing written yet).
@@ -311,14 +327,22 @@ fn commit_sync(
     pairs: Vec<(String, String)>,
 ) -> Result<()> {
     let err = |e| map_err(id, e);
-    // Content keys the old version's clone carried over are replaced.
-    for (k, _) in img.metadata().map_err(err)? {
-        if meta::is_content_key(&k) {
-            img.metadata_remove(&k).map_err(err)?;
+    // A clone carries its parent's metadata over: only what differs is
+    // written, and content keys of the old version are dropped.
+    let have: BTreeMap<String, String> = img.metadata().map_err(err)?.into_iter().collect();
+    let want: BTreeMap<&str, &str> = pairs
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    for k in have.keys() {
+        if meta::is_content_key(k) && !want.contains_key(k.as_str()) {
+            img.metadata_remove(k).map_err(err)?;
         }
     }
-    for (k, v) in &pairs {
-        img.metadata_set(k, v).map_err(err)?;
+    for (k, v) in &want {
+        if have.get(*k).map(String::as_str) != Some(*v) {
+            img.metadata_set(k, v).map_err(err)?;
+        }
     }
     img.snap_create(SNAP).map_err(err)?;
     img.snap_protect(SNAP).map_err(err)?;
@@ -380,6 +404,7 @@ impl Upload for RbdUpload {
 
     async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<()> {
         self.check_failed()?;
+        self.settle_clone().await?;
         if data.is_empty() {
             return Ok(());
         }
@@ -434,6 +459,7 @@ impl Upload for RbdUpload {
 
     async fn set_len(&mut self, len: u64) -> Result<()> {
         self.check_failed()?;
+        self.settle_clone().await?;
         if len < self.len || len > self.size {
             self.resize(len).await?;
         }
@@ -449,6 +475,15 @@ impl Upload for RbdUpload {
         offset: u64,
         len: u64,
     ) -> Result<u64> {
+        if let Some((from, size)) = &self.clone_of {
+            if from == src && src_offset == offset && offset == self.len {
+                // Already there: the clone holds the whole image.
+                let n = len.min(size - offset);
+                self.len += n;
+                return Ok(n);
+            }
+        }
+        self.settle_clone().await?;
         let untouched = self.len == 0 && self.fresh_from == 0;
         if untouched
             && src_offset == 0
@@ -462,8 +497,11 @@ impl Upload for RbdUpload {
                 img.stat().map(|s| s.0).map_err(|e| map_err(&s, e))
             })
             .await?;
-            if len >= size && size > 0 {
-                return self.become_clone(src).await;
+            if size > 0 {
+                self.become_clone(src).await?;
+                self.clone_of = Some((src.to_string(), size));
+                self.len = len.min(size);
+                return Ok(self.len);
             }
         }
         // A range: read it and write it here.
@@ -508,6 +546,7 @@ impl Upload for RbdUpload {
         sums: Option<Checksums>,
         _durable: bool,
     ) -> Result<ObjectMeta> {
+        self.settle_clone().await?;
         self.drain().await?;
         if self.size != self.len {
             let len = self.len;
