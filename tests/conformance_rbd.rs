@@ -381,3 +381,40 @@ async fn outage_fails_within_the_timeout() {
         assert!(msg.contains("rados_connect"), "{msg}");
     }
 }
+
+/// A reader keeps the version it opened while a new one is committed under
+/// the same id (the old one waits in the trash); new readers see the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_readers_keep_their_version() {
+    let pool = tokio::task::spawn_blocking(|| fresh_pool("pinned"))
+        .await
+        .unwrap();
+    let store = store_on(&pool);
+    let old = conformance::data(5 << 20, 10);
+    conformance::put(&store, "img", &old).await;
+    let reader = store.open_reader("img").await.unwrap().expect("rbd pins");
+    assert_eq!(reader.read(0, 100).await.unwrap(), &old[..100]);
+    let new = conformance::data(3 << 20, 11);
+    let mut up = store
+        .create_upload("img", UploadMode::Replace)
+        .await
+        .unwrap();
+    up.write_at(0, bytes::Bytes::from(new.clone()))
+        .await
+        .unwrap();
+    up.commit(None, false).await.unwrap();
+    assert!(conformance::get(&store, "img").await == new);
+    let tail = reader.read((4 << 20) + 7, 1 << 20).await.unwrap();
+    assert!(
+        tail[..] == old[(4 << 20) + 7..],
+        "the open reader still reads the old version"
+    );
+    let trash = run_text("rbd", &["trash", "ls", &pool]);
+    assert!(
+        trash.contains(".imagefs-old-img."),
+        "old version in the trash: {trash}"
+    );
+    // gc with --older-than 0 purges it (nothing is cloned from it).
+    store.gc(Duration::ZERO, false).await.unwrap();
+    assert_eq!(run_text("rbd", &["trash", "ls", &pool]).trim(), "");
+}

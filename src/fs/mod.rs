@@ -943,9 +943,13 @@ impl ImageFs {
         Ok(ra.read(offset, size).await?)
     }
 
-    /// Forgets what handles of `ino` read ahead: the image changed or moved.
+    /// Forgets what handles of `ino` read ahead by name: the image changed
+    /// or moved. Handles that read one version kept open keep it.
     fn drop_readahead(&self, ino: u64) {
-        self.readahead.lock().unwrap().retain(|_, (i, _)| *i != ino);
+        self.readahead
+            .lock()
+            .unwrap()
+            .retain(|_, (i, ra)| *i != ino || ra.is_pinned());
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {

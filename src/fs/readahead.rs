@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Mutex, OnceCell};
 
-use crate::store::{Result, Store, StoreError};
+use crate::store::{Reader, Result, Store, StoreError};
 
 /// Bytes per chunk fetched ahead.
 pub const CHUNK: u64 = 4 << 20;
@@ -37,7 +37,23 @@ struct State {
 pub struct ReadAhead {
     store: Arc<dyn Store>,
     id: String,
+    /// The version the handle reads, where the store keeps one open.
+    pinned: OnceCell<Option<Arc<dyn Reader>>>,
     state: Mutex<State>,
+}
+
+/// Reads through the pinned version, else by id.
+async fn read_from(
+    store: &Arc<dyn Store>,
+    pinned: &Option<Arc<dyn Reader>>,
+    id: &str,
+    offset: u64,
+    len: u32,
+) -> Result<Bytes> {
+    match pinned {
+        Some(r) => r.read(offset, len).await,
+        None => store.read(id, offset, len).await,
+    }
 }
 
 impl ReadAhead {
@@ -45,6 +61,7 @@ impl ReadAhead {
         ReadAhead {
             store,
             id,
+            pinned: OnceCell::new(),
             state: Mutex::new(State {
                 next: 0,
                 window: 0,
@@ -53,13 +70,19 @@ impl ReadAhead {
         }
     }
 
-    fn fetch(&self, index: u64) -> Cell {
+    /// Whether reads go to one version kept open (which neither a commit
+    /// nor a rename changes).
+    pub fn is_pinned(&self) -> bool {
+        self.pinned.get().is_some_and(Option::is_some)
+    }
+
+    fn fetch(&self, pinned: &Option<Arc<dyn Reader>>, index: u64) -> Cell {
         let cell: Cell = Arc::new(OnceCell::new());
         let (store, id, c) = (self.store.clone(), self.id.clone(), cell.clone());
+        let pinned = pinned.clone();
         tokio::spawn(async move {
             c.get_or_init(|| async {
-                store
-                    .read(&id, index * CHUNK, CHUNK as u32)
+                read_from(&store, &pinned, &id, index * CHUNK, CHUNK as u32)
                     .await
                     .map_err(|e| e.to_string())
             })
@@ -69,6 +92,11 @@ impl ReadAhead {
     }
 
     pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes> {
+        let pinned = self
+            .pinned
+            .get_or_try_init(|| self.store.open_reader(&self.id))
+            .await?
+            .clone();
         let end = offset + len as u64;
         let needed: Vec<(u64, Cell)> = {
             let mut st = self.state.lock().await;
@@ -80,7 +108,7 @@ impl ReadAhead {
                 st.chunks.clear();
                 st.window = 1;
                 drop(st);
-                return self.store.read(&self.id, offset, len).await;
+                return read_from(&self.store, &pinned, &self.id, offset, len).await;
             }
             st.window = (st.window * 2).clamp(MIN_WINDOW, MAX_WINDOW);
             let first = offset / CHUNK;
@@ -89,7 +117,7 @@ impl ReadAhead {
             st.chunks = st.chunks.split_off(&first.saturating_sub(1));
             for i in first..=last + st.window {
                 if let Entry::Vacant(e) = st.chunks.entry(i) {
-                    e.insert(self.fetch(i));
+                    e.insert(self.fetch(&pinned, i));
                 }
             }
             (first..=last).map(|i| (i, st.chunks[&i].clone())).collect()
@@ -102,8 +130,7 @@ impl ReadAhead {
                 // if it has not started, or for it if it has.
                 None => cell
                     .get_or_init(|| async {
-                        self.store
-                            .read(&self.id, i * CHUNK, CHUNK as u32)
+                        read_from(&self.store, &pinned, &self.id, i * CHUNK, CHUNK as u32)
                             .await
                             .map_err(|e| e.to_string())
                     })
@@ -125,6 +152,10 @@ impl ReadAhead {
             let to = (end.min(start + CHUNK) - start).min(data.len() as u64);
             if from >= to {
                 break; // end of the image
+            }
+            if out.is_empty() && (to - from == len as u64 || (data.len() as u64) < CHUNK) {
+                // All in one chunk (the usual case): no copy.
+                return Ok(data.slice(from as usize..to as usize));
             }
             out.extend_from_slice(&data[from as usize..to as usize]);
             if (data.len() as u64) < CHUNK {

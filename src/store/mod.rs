@@ -176,6 +176,14 @@ pub trait Upload: Send + Sync {
     async fn abort(self: Box<Self>) -> Result<()>;
 }
 
+/// One version of one committed image, open for reading: every read sees
+/// that version, whatever is committed under its id meanwhile.
+#[async_trait]
+pub trait Reader: Send + Sync {
+    /// Reads `len` bytes at `offset` (fewer at the end of the image).
+    async fn read(&self, offset: u64, len: u32) -> Result<Bytes>;
+}
+
 /// One backend. Image ids are plain names (no '/'); every call is safe to
 /// run concurrently.
 #[async_trait]
@@ -204,6 +212,11 @@ pub trait Store: Send + Sync {
     async fn head(&self, id: &str) -> Result<ObjectMeta>;
     /// Reads `len` bytes at `offset` (fewer at the end of the image).
     async fn read(&self, id: &str, offset: u64, len: u32) -> Result<Bytes>;
+    /// The version of `id` committed now, kept open for an open handle's
+    /// reads; None: this store reads by id (`read`).
+    async fn open_reader(&self, _id: &str) -> Result<Option<Arc<dyn Reader>>> {
+        Ok(None)
+    }
     async fn create_upload(&self, id: &str, mode: UploadMode) -> Result<Box<dyn Upload>>;
     /// An upload that writes committed image `id` itself, in place (the
     /// kernel is already reading that very file by passthrough, and a new

@@ -29,8 +29,8 @@ use bytes::Bytes;
 use lru::LruCache;
 
 use super::{
-    validate_id, Capabilities, Leftover, ObjectMeta, Result, SetAttrs, StatFs, Store, StoreError,
-    Upload, UploadMode, XattrMode, TEMP_PREFIX,
+    validate_id, Capabilities, Leftover, ObjectMeta, Reader as StoreReader, Result, SetAttrs,
+    StatFs, Store, StoreError, Upload, UploadMode, XattrMode, TEMP_PREFIX,
 };
 use crate::config::RbdStoreConfig;
 use ffi::{Cluster, Image, Layout, Pool, RbdError};
@@ -40,8 +40,9 @@ use upload::RbdUpload;
 pub const SNAP: &str = "snap";
 /// Old versions of replaced images, kept (in the trash) while clones need them.
 const OLD_PREFIX: &str = ".imagefs-old-";
-/// Least time an old version of a replaced image stays (in the trash).
-const OLD_GRACE: Duration = Duration::from_secs(60);
+/// Least time an old version of a replaced image stays (in the trash):
+/// handles that opened it keep reading it that long at least.
+const OLD_GRACE: Duration = Duration::from_secs(3600);
 /// How long an open read handle serves reads before it is reopened, so a
 /// version committed by another mount is picked up.
 const READER_TTL: Duration = Duration::from_secs(2);
@@ -147,6 +148,20 @@ pub(crate) struct Reader {
     at: Instant,
     img: Arc<Image>,
     size: u64,
+}
+
+#[async_trait]
+impl StoreReader for Reader {
+    async fn read(&self, offset: u64, len: u32) -> Result<Bytes> {
+        if offset >= self.size {
+            return Ok(Bytes::new());
+        }
+        let len = (len as u64).min(self.size - offset) as usize;
+        self.img
+            .read(offset, len)
+            .await
+            .map_err(|e| map_err("read", e))
+    }
 }
 
 /// Glance's RBD store on one pool.
@@ -511,6 +526,26 @@ impl Store for RbdStore {
             self.forget_reader(id);
             map_err(id, e)
         })
+    }
+
+    /// `<id>@snap` as committed now, open for as long as the handle is: a
+    /// version committed meanwhile (the old one goes to the trash, kept
+    /// `OLD_GRACE` at least) never shows up halfway through.
+    async fn open_reader(&self, id: &str) -> Result<Option<Arc<dyn StoreReader>>> {
+        let conn = self.conn().await?;
+        let name = id.to_string();
+        let r = blocking(move || {
+            let img = Image::open_read_only(&conn.pool, &name, Some(SNAP))
+                .map_err(|e| map_err(&name, e))?;
+            let (size, _) = img.stat().map_err(|e| map_err(&name, e))?;
+            Ok(Reader {
+                at: Instant::now(),
+                img: Arc::new(img),
+                size,
+            })
+        })
+        .await?;
+        Ok(Some(Arc::new(r)))
     }
 
     async fn create_upload(&self, id: &str, mode: UploadMode) -> Result<Box<dyn Upload>> {
