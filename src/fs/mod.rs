@@ -736,7 +736,24 @@ impl ImageFs {
             shared,
         )?;
         self.handles.lock().unwrap().insert(fh, handle);
+        if matches!(io, IoMode::Passthrough(None)) {
+            self.wait_for_backing(fh).await;
+        }
         Ok(Opened { fh, io })
+    }
+
+    /// A handle that joins the inode's passthrough file needs the backing
+    /// the first handle is registering with the kernel right now (opens
+    /// race): without it the open would fail (EIO). Waits for it, 2 s at
+    /// most.
+    async fn wait_for_backing(&self, fh: u64) {
+        for _ in 0..2000 {
+            if self.backing(fh).is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tracing::warn!(fh, "no passthrough backing registered after 2 s");
     }
 
     /// A writer of an image this mount already reads by passthrough must
@@ -943,13 +960,12 @@ impl ImageFs {
         Ok(ra.read(offset, size).await?)
     }
 
-    /// Forgets what handles of `ino` read ahead by name: the image changed
-    /// or moved. Handles that read one version kept open keep it.
+    /// Forgets what handles of `ino` read ahead, and the version they had
+    /// open: this mount committed a new one (its handles see it, as with a
+    /// local file; a version committed by another mount does not show up
+    /// in handles opened before) or renamed it.
     fn drop_readahead(&self, ino: u64) {
-        self.readahead
-            .lock()
-            .unwrap()
-            .retain(|_, (i, ra)| *i != ino || ra.is_pinned());
+        self.readahead.lock().unwrap().retain(|_, (i, _)| *i != ino);
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: Bytes) -> FsResult<u32> {

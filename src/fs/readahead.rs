@@ -70,12 +70,6 @@ impl ReadAhead {
         }
     }
 
-    /// Whether reads go to one version kept open (which neither a commit
-    /// nor a rename changes).
-    pub fn is_pinned(&self) -> bool {
-        self.pinned.get().is_some_and(Option::is_some)
-    }
-
     fn fetch(&self, pinned: &Option<Arc<dyn Reader>>, index: u64) -> Cell {
         let cell: Cell = Arc::new(OnceCell::new());
         let (store, id, c) = (self.store.clone(), self.id.clone(), cell.clone());
