@@ -28,32 +28,40 @@ struct State {
     /// The furthest end read so far: reads near it (the kernel sends a few
     /// at once, not always in order) continue the sequence.
     next: u64,
-    /// Chunks ahead of the reader, by index.
+    /// How many chunks are fetched ahead of the reader (0: no read yet).
     window: u64,
     chunks: BTreeMap<u64, Cell>,
+}
+
+/// Reads by id, for stores that keep no version open.
+struct ById {
+    store: Arc<dyn Store>,
+    id: String,
+}
+
+#[async_trait::async_trait]
+impl Reader for ById {
+    async fn read(&self, offset: u64, len: u32) -> Result<Bytes> {
+        self.store.read(&self.id, offset, len).await
+    }
 }
 
 /// The read-ahead of one open handle of one image.
 pub struct ReadAhead {
     store: Arc<dyn Store>,
     id: String,
-    /// The version the handle reads, where the store keeps one open.
-    pinned: OnceCell<Option<Arc<dyn Reader>>>,
+    /// What the handle reads: the version the store keeps open for it, or
+    /// the image by id.
+    reader: OnceCell<Arc<dyn Reader>>,
     state: Mutex<State>,
 }
 
-/// Reads through the pinned version, else by id.
-async fn read_from(
-    store: &Arc<dyn Store>,
-    pinned: &Option<Arc<dyn Reader>>,
-    id: &str,
-    offset: u64,
-    len: u32,
-) -> Result<Bytes> {
-    match pinned {
-        Some(r) => r.read(offset, len).await,
-        None => store.read(id, offset, len).await,
-    }
+/// Fetches chunk `index`, keeping an error as text.
+async fn load(reader: &Arc<dyn Reader>, index: u64) -> std::result::Result<Bytes, String> {
+    reader
+        .read(index * CHUNK, CHUNK as u32)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 impl ReadAhead {
@@ -61,7 +69,7 @@ impl ReadAhead {
         ReadAhead {
             store,
             id,
-            pinned: OnceCell::new(),
+            reader: OnceCell::new(),
             state: Mutex::new(State {
                 next: 0,
                 window: 0,
@@ -70,25 +78,27 @@ impl ReadAhead {
         }
     }
 
-    fn fetch(&self, pinned: &Option<Arc<dyn Reader>>, index: u64) -> Cell {
+    fn fetch(&self, reader: &Arc<dyn Reader>, index: u64) -> Cell {
         let cell: Cell = Arc::new(OnceCell::new());
-        let (store, id, c) = (self.store.clone(), self.id.clone(), cell.clone());
-        let pinned = pinned.clone();
+        let (reader, c) = (reader.clone(), cell.clone());
         tokio::spawn(async move {
-            c.get_or_init(|| async {
-                read_from(&store, &pinned, &id, index * CHUNK, CHUNK as u32)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await;
+            c.get_or_init(|| load(&reader, index)).await;
         });
         cell
     }
 
     pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes> {
-        let pinned = self
-            .pinned
-            .get_or_try_init(|| self.store.open_reader(&self.id))
+        let reader = self
+            .reader
+            .get_or_try_init(|| async {
+                let pinned = self.store.open_reader(&self.id).await?;
+                Ok::<_, StoreError>(pinned.unwrap_or_else(|| {
+                    Arc::new(ById {
+                        store: self.store.clone(),
+                        id: self.id.clone(),
+                    })
+                }))
+            })
             .await?
             .clone();
         let end = offset + len as u64;
@@ -102,7 +112,7 @@ impl ReadAhead {
                 st.chunks.clear();
                 st.window = 1;
                 drop(st);
-                return read_from(&self.store, &pinned, &self.id, offset, len).await;
+                return reader.read(offset, len).await;
             }
             st.window = (st.window * 2).clamp(MIN_WINDOW, MAX_WINDOW);
             let first = offset / CHUNK;
@@ -111,7 +121,7 @@ impl ReadAhead {
             st.chunks = st.chunks.split_off(&first.saturating_sub(1));
             for i in first..=last + st.window {
                 if let Entry::Vacant(e) = st.chunks.entry(i) {
-                    e.insert(self.fetch(&pinned, i));
+                    e.insert(self.fetch(&reader, i));
                 }
             }
             (first..=last).map(|i| (i, st.chunks[&i].clone())).collect()
@@ -122,14 +132,7 @@ impl ReadAhead {
                 Some(r) => r.clone(),
                 // The fetch task fills it; wait by initialising it ourselves
                 // if it has not started, or for it if it has.
-                None => cell
-                    .get_or_init(|| async {
-                        read_from(&self.store, &pinned, &self.id, i * CHUNK, CHUNK as u32)
-                            .await
-                            .map_err(|e| e.to_string())
-                    })
-                    .await
-                    .clone(),
+                None => cell.get_or_init(|| load(&reader, i)).await.clone(),
             };
             if data.is_err() {
                 // Fetched again by the next read that needs it.

@@ -116,6 +116,18 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Committed image `id` as Glance reads it: `<id>@snap`, read-only.
+    fn committed(&self, id: &str) -> Result<Image> {
+        Image::open_read_only(&self.pool, id, Some(SNAP)).map_err(|e| map_err(id, e))
+    }
+
+    /// Image `id` itself (its head), to write it or change its metadata.
+    fn head(&self, id: &str) -> Result<Image> {
+        Image::open(&self.pool, id).map_err(|e| map_err(id, e))
+    }
+}
+
 /// `rbd_default_features` as a number or a list of feature names.
 fn parse_features(v: &str) -> Option<u64> {
     let v = v.trim();
@@ -145,6 +157,7 @@ pub(crate) type Readers = Arc<Mutex<LruCache<String, Reader>>>;
 /// An open `<id>@snap`, its size, and when it was opened.
 #[derive(Clone)]
 pub(crate) struct Reader {
+    id: String,
     at: Instant,
     img: Arc<Image>,
     size: u64,
@@ -160,7 +173,7 @@ impl StoreReader for Reader {
         self.img
             .read(offset, len)
             .await
-            .map_err(|e| map_err("read", e))
+            .map_err(|e| map_err(&self.id, e))
     }
 }
 
@@ -205,27 +218,31 @@ impl RbdStore {
         Ok(slot.get_or_insert(c).clone())
     }
 
-    /// The open snapshot `<id>@snap` reads are served from.
+    /// `<id>@snap` as committed now, open.
+    async fn open_version(&self, id: &str) -> Result<Reader> {
+        let conn = self.conn().await?;
+        let name = id.to_string();
+        blocking(move || {
+            let img = conn.committed(&name)?;
+            let (size, _) = img.stat().map_err(|e| map_err(&name, e))?;
+            Ok(Reader {
+                id: name,
+                at: Instant::now(),
+                img: Arc::new(img),
+                size,
+            })
+        })
+        .await
+    }
+
+    /// The open snapshot `<id>@snap` reads by id are served from.
     async fn reader(&self, id: &str) -> Result<Reader> {
         if let Some(r) = self.readers.lock().unwrap().get(id) {
             if r.at.elapsed() < READER_TTL {
                 return Ok(r.clone());
             }
         }
-        let conn = self.conn().await?;
-        let name = id.to_string();
-        let (img, size) = blocking(move || {
-            let img = Image::open_read_only(&conn.pool, &name, Some(SNAP))
-                .map_err(|e| map_err(&name, e))?;
-            let (size, _) = img.stat().map_err(|e| map_err(&name, e))?;
-            Ok((img, size))
-        })
-        .await?;
-        let r = Reader {
-            at: Instant::now(),
-            img: Arc::new(img),
-            size,
-        };
+        let r = self.open_version(id).await?;
         self.readers.lock().unwrap().put(id.to_string(), r.clone());
         Ok(r)
     }
@@ -289,7 +306,7 @@ fn meta_of(id: &str, img: &Image) -> std::result::Result<ObjectMeta, RbdError> {
 /// of `snap` make it Busy; other snapshots send the image to the trash.
 fn delete_image(conn: &Conn, id: &str) -> Result<()> {
     let err = |e| map_err(id, e);
-    let img = Image::open(&conn.pool, id).map_err(err)?;
+    let img = conn.head(id)?;
     let snaps = img.snaps().map_err(err)?;
     if !snaps.iter().any(|s| s.name == SNAP) {
         return Err(StoreError::NotFound(id.to_string()));
@@ -489,7 +506,7 @@ impl Store for RbdStore {
                 .map(|n| {
                     let (conn, n) = (conn.clone(), n.clone());
                     tokio::task::spawn_blocking(move || {
-                        let img = Image::open_read_only(&conn.pool, &n, Some(SNAP)).ok()?;
+                        let img = conn.committed(&n).ok()?;
                         meta_of(&n, &img).ok()
                     })
                 })
@@ -509,43 +526,24 @@ impl Store for RbdStore {
         }
         let id = id.to_string();
         self.with_conn(move |c| {
-            let img =
-                Image::open_read_only(&c.pool, &id, Some(SNAP)).map_err(|e| map_err(&id, e))?;
+            let img = c.committed(&id)?;
             meta_of(&id, &img).map_err(|e| map_err(&id, e))
         })
         .await
     }
 
     async fn read(&self, id: &str, offset: u64, len: u32) -> Result<Bytes> {
-        let Reader { img, size, .. } = self.reader(id).await?;
-        if offset >= size {
-            return Ok(Bytes::new());
-        }
-        let len = (len as u64).min(size - offset) as usize;
-        img.read(offset, len).await.map_err(|e| {
-            self.forget_reader(id);
-            map_err(id, e)
-        })
+        let r = self.reader(id).await?;
+        StoreReader::read(&r, offset, len)
+            .await
+            .inspect_err(|_| self.forget_reader(id))
     }
 
     /// `<id>@snap` as committed now, open for as long as the handle is: a
     /// version committed meanwhile (the old one goes to the trash, kept
     /// `OLD_GRACE` at least) never shows up halfway through.
     async fn open_reader(&self, id: &str) -> Result<Option<Arc<dyn StoreReader>>> {
-        let conn = self.conn().await?;
-        let name = id.to_string();
-        let r = blocking(move || {
-            let img = Image::open_read_only(&conn.pool, &name, Some(SNAP))
-                .map_err(|e| map_err(&name, e))?;
-            let (size, _) = img.stat().map_err(|e| map_err(&name, e))?;
-            Ok(Reader {
-                at: Instant::now(),
-                img: Arc::new(img),
-                size,
-            })
-        })
-        .await?;
-        Ok(Some(Arc::new(r)))
+        Ok(Some(Arc::new(self.open_version(id).await?)))
     }
 
     async fn create_upload(&self, id: &str, mode: UploadMode) -> Result<Box<dyn Upload>> {
@@ -587,8 +585,8 @@ impl Store for RbdStore {
         let (from, to) = (from.to_string(), to.to_string());
         self.with_conn(move |c| {
             // Only committed images move.
-            Image::open_read_only(&c.pool, &from, Some(SNAP)).map_err(|e| map_err(&from, e))?;
-            if Image::open_read_only(&c.pool, &to, Some(SNAP)).is_ok() {
+            c.committed(&from)?;
+            if c.committed(&to).is_ok() {
                 if !replace {
                     return Err(StoreError::AlreadyExists(to));
                 }
@@ -615,7 +613,7 @@ impl Store for RbdStore {
         let pairs = meta::attr_pairs(attrs);
         let id = id.to_string();
         self.with_conn(move |c| {
-            let img = Image::open(&c.pool, &id).map_err(|e| map_err(&id, e))?;
+            let img = c.head(&id)?;
             for (k, v) in pairs {
                 img.metadata_set(k, &v).map_err(|e| map_err(&id, e))?;
             }
@@ -628,8 +626,7 @@ impl Store for RbdStore {
         let key = meta::xattr_key(name);
         let id = id.to_string();
         self.with_conn(move |c| {
-            let img =
-                Image::open_read_only(&c.pool, &id, Some(SNAP)).map_err(|e| map_err(&id, e))?;
+            let img = c.committed(&id)?;
             match img.metadata_get(&key).map_err(|e| map_err(&id, e))? {
                 Some(v) => Ok(meta::decode_value(&v)),
                 None => Err(StoreError::NoAttribute),
@@ -641,8 +638,7 @@ impl Store for RbdStore {
     async fn list_xattrs(&self, id: &str) -> Result<Vec<String>> {
         let id = id.to_string();
         self.with_conn(move |c| {
-            let img =
-                Image::open_read_only(&c.pool, &id, Some(SNAP)).map_err(|e| map_err(&id, e))?;
+            let img = c.committed(&id)?;
             let pairs = img.metadata().map_err(|e| map_err(&id, e))?;
             Ok(pairs
                 .iter()
@@ -657,8 +653,8 @@ impl Store for RbdStore {
         let value = meta::encode_value(value);
         let id = id.to_string();
         self.with_conn(move |c| {
-            Image::open_read_only(&c.pool, &id, Some(SNAP)).map_err(|e| map_err(&id, e))?;
-            let img = Image::open(&c.pool, &id).map_err(|e| map_err(&id, e))?;
+            c.committed(&id)?;
+            let img = c.head(&id)?;
             let exists = img
                 .metadata_get(&key)
                 .map_err(|e| map_err(&id, e))?
@@ -681,7 +677,7 @@ impl Store for RbdStore {
         let key = meta::xattr_key(name);
         let id = id.to_string();
         self.with_conn(move |c| {
-            let img = Image::open(&c.pool, &id).map_err(|e| map_err(&id, e))?;
+            let img = c.head(&id)?;
             if img.metadata_remove(&key).map_err(|e| map_err(&id, e))? {
                 Ok(())
             } else {

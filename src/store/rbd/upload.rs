@@ -81,12 +81,12 @@ impl RbdUpload {
                     0
                 }
                 UploadMode::Replace => {
-                    Image::open_read_only(&c.pool, &i, Some(SNAP)).map_err(err)?;
+                    c.committed(&i)?;
                     c.pool.create(&t, 0, c.layout).map_err(err)?;
                     0
                 }
                 UploadMode::Modify => {
-                    let src = Image::open_read_only(&c.pool, &i, Some(SNAP)).map_err(err)?;
+                    let src = c.committed(&i)?;
                     let (size, _) = src.stat().map_err(err)?;
                     drop(src);
                     if size == 0 {
@@ -200,15 +200,12 @@ impl RbdUpload {
         let img = self.img.take();
         let (new, size) = blocking(move || {
             let err = |e| map_err(&s, e);
-            let (size, _) = Image::open_read_only(&c.pool, &s, Some(SNAP))
-                .map_err(err)?
-                .stat()
-                .map_err(err)?;
+            let (size, _) = c.committed(&s)?.stat().map_err(err)?;
             // Close ours first: an open image cannot be removed.
             drop(img);
             c.pool.remove(&t).map_err(|e| map_err(&t, e))?;
             c.pool.clone_image(&s, SNAP, &t, c.layout).map_err(err)?;
-            let new = Image::open(&c.pool, &t).map_err(|e| map_err(&t, e))?;
+            let new = c.head(&t)?;
             Ok((new, size))
         })
         .await?;
@@ -258,9 +255,8 @@ impl Drop for RbdUpload {
 
 /// Copies `len` bytes of committed `src` into image `dst` (no clone).
 fn copy_bytes_sync(c: &Conn, src: &str, dst: &str, len: u64) -> Result<()> {
-    let from =
-        Arc::new(Image::open_read_only(&c.pool, src, Some(SNAP)).map_err(|e| map_err(src, e))?);
-    let to = Arc::new(Image::open(&c.pool, dst).map_err(|e| map_err(dst, e))?);
+    let from = Arc::new(c.committed(src)?);
+    let to = Arc::new(c.head(dst)?);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|e| StoreError::io("copy", e))?;
@@ -284,7 +280,7 @@ fn copy_bytes_sync(c: &Conn, src: &str, dst: &str, len: u64) -> Result<()> {
 /// `from@snap` with its metadata, then `snap` created and protected so it is
 /// itself a Glance image.
 pub(crate) fn clone_committed(c: &Conn, from: &str, to: &str) -> Result<()> {
-    let src = Image::open_read_only(&c.pool, from, Some(SNAP)).map_err(|e| map_err(from, e))?;
+    let src = c.committed(from)?;
     let (size, _) = src.stat().map_err(|e| map_err(from, e))?;
     let pairs = src.metadata().map_err(|e| map_err(from, e))?;
     drop(src);
@@ -302,7 +298,7 @@ pub(crate) fn clone_committed(c: &Conn, from: &str, to: &str) -> Result<()> {
         copy_bytes_sync(c, from, to, size)?;
     }
     let finish = || -> Result<()> {
-        let img = Image::open(&c.pool, to).map_err(|e| map_err(to, e))?;
+        let img = c.head(to)?;
         for (k, v) in &pairs {
             img.metadata_set(k, v).map_err(|e| map_err(to, e))?;
         }
@@ -492,8 +488,7 @@ impl Upload for RbdUpload {
         {
             let (c, s) = (self.conn.clone(), src.to_string());
             let size = blocking(move || {
-                let img =
-                    Image::open_read_only(&c.pool, &s, Some(SNAP)).map_err(|e| map_err(&s, e))?;
+                let img = c.committed(&s)?;
                 img.stat().map(|s| s.0).map_err(|e| map_err(&s, e))
             })
             .await?;
@@ -506,12 +501,7 @@ impl Upload for RbdUpload {
         }
         // A range: read it and write it here.
         let (c, s) = (self.conn.clone(), src.to_string());
-        let from = Arc::new(
-            blocking(move || {
-                Image::open_read_only(&c.pool, &s, Some(SNAP)).map_err(|e| map_err(&s, e))
-            })
-            .await?,
-        );
+        let from = Arc::new(blocking(move || c.committed(&s)).await?);
         let size = from.stat().map_err(|e| map_err(src, e))?.0;
         let len = len.min(size.saturating_sub(src_offset));
         let mut done = 0;
@@ -561,8 +551,7 @@ impl Upload for RbdUpload {
             BTreeMap::new()
         } else {
             blocking(move || {
-                let img =
-                    Image::open_read_only(&c.pool, &id, Some(SNAP)).map_err(|e| map_err(&id, e))?;
+                let img = c.committed(&id)?;
                 Ok(img
                     .metadata()
                     .map_err(|e| map_err(&id, e))?
@@ -583,8 +572,7 @@ impl Upload for RbdUpload {
             commit_sync(&c, &img, &id, &target, mode, pairs)?;
             drop(img);
             readers.lock().unwrap().pop(&id);
-            let done =
-                Image::open_read_only(&c.pool, &id, Some(SNAP)).map_err(|e| map_err(&id, e))?;
+            let done = c.committed(&id)?;
             meta_of(&id, &done).map_err(|e| map_err(&id, e))
         })
         .await;
