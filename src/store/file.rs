@@ -120,6 +120,11 @@ fn meta_of(id: &str, m: &fs::Metadata) -> ObjectMeta {
     }
 }
 
+/// What tells one content of an upload from a later one.
+fn content_stamp(m: &fs::Metadata) -> (u64, i64, i64) {
+    (m.len(), m.mtime(), m.mtime_nsec())
+}
+
 /// `renameat2(from, to, RENAME_NOREPLACE)` or a plain rename.
 fn rename_file(from: &Path, to: &Path, replace: bool) -> io::Result<()> {
     if replace {
@@ -455,7 +460,8 @@ impl FileStore {
             file_perm: self.file_perm,
             shareable: self.fine_ctime,
             published: false,
-            in_place: false,
+            temp_named: true,
+            published_as: None,
         };
         if existing {
             // Keep mode, owner and user xattrs across an overwrite; Modify
@@ -649,7 +655,8 @@ impl Store for FileStore {
                 file_perm: this.file_perm,
                 shareable: true,
                 published: true,
-                in_place: true,
+                temp_named: false,
+                published_as: None,
             })
         })
         .await?;
@@ -825,10 +832,13 @@ pub struct FileUpload {
     file_perm: Option<u32>,
     /// The temp file may be handed to the kernel (see `local_file`).
     shareable: bool,
-    /// `publish` linked the temp file as `<id>` too.
+    /// `publish` made the upload's content `<id>`.
     published: bool,
-    /// Writes `<id>` itself (`open_in_place`): there is no temp file.
-    in_place: bool,
+    /// `temp` still names the upload's file (a publish renames it to `<id>`;
+    /// `open_in_place` writes `<id>` itself and has none).
+    temp_named: bool,
+    /// Size and mtime of the content the last publish made `<id>`.
+    published_as: Option<(u64, i64, i64)>,
 }
 
 impl FileUpload {
@@ -865,13 +875,18 @@ impl FileUpload {
                 (XATTR_OS_HASH_ALGO, &s.os_hash_algo),
                 (XATTR_OS_HASH_VALUE, &s.os_hash_value),
             ] {
+                // Unchanged values are not rewritten: that would move ctime.
+                if fget_xattr(file, name).is_ok_and(|v| v == value.as_bytes()) {
+                    continue;
+                }
                 if let Err(e) = fset_xattr(file, name, value.as_bytes()) {
                     // A file system without user xattrs still stores the image.
                     tracing::warn!(id, "cannot store {name}: {e}");
                 }
             }
         }
-        if let Some(perm) = self.file_perm.filter(|p| *p > 0) {
+        let mode = file.metadata().map_err(|e| StoreError::io(id, e))?.mode() & 0o7777;
+        if let Some(perm) = self.file_perm.filter(|p| *p > 0 && *p != mode) {
             set_file_attrs(
                 file,
                 &SetAttrs {
@@ -901,32 +916,87 @@ impl FileUpload {
             .map_err(|e| StoreError::io(&self.id, e))
     }
 
+    /// Whether `<id>` must be (re)pointed at the upload: it is not the upload's
+    /// file, and the upload changed since a publish made it `<id>` (a writer
+    /// that replaced `<id>` after that publish keeps its image).
+    fn needs_linking(&self, file: &File) -> bool {
+        if self.linked(file) {
+            return false;
+        }
+        match (self.published_as, file.metadata()) {
+            (Some(p), Ok(m)) => content_stamp(&m) != p,
+            _ => true,
+        }
+    }
+
+    /// Makes `<id>` name the upload's content: the temp file renamed over it
+    /// or, once a publish has moved the temp file and something else has
+    /// taken `<id>` since, a copy of the content. Returns the copy.
+    fn link_as_id(
+        &mut self,
+        file: &File,
+        sums: &Option<Checksums>,
+        durable: bool,
+    ) -> Result<Option<File>> {
+        let id = self.id.clone();
+        let replace = self.replace || self.published;
+        if self.temp_named {
+            rename_file(&self.temp, &self.path, replace).map_err(|e| StoreError::io(&id, e))?;
+            self.temp_named = false;
+            return Ok(None);
+        }
+        let side = self.datadir.join(format!("{TEMP_PREFIX}{id}.publish"));
+        let copied = (|| -> Result<File> {
+            let mode = file.metadata().map_err(|e| StoreError::io(&id, e))?.mode();
+            // A description of our own, so the copy moves no shared offset.
+            let mut src = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .map_err(|e| StoreError::io(&id, e))?;
+            let mut dst = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&side)
+                .map_err(|e| StoreError::io(&id, e))?;
+            io::copy(&mut src, &mut dst).map_err(|e| StoreError::io(&id, e))?;
+            set_file_attrs(
+                &dst,
+                &SetAttrs {
+                    mode: Some(mode & 0o7777),
+                    ..SetAttrs::default()
+                },
+            )
+            .map_err(|e| StoreError::io(&id, e))?;
+            self.finish_file(&dst, sums, durable)?;
+            rename_file(&side, &self.path, replace).map_err(|e| StoreError::io(&id, e))?;
+            Ok(dst)
+        })();
+        if copied.is_err() {
+            let _ = fs::remove_file(&side);
+        }
+        copied.map(Some)
+    }
+
     fn publish_sync(&mut self, sums: Option<Checksums>, durable: bool) -> Result<ObjectMeta> {
         let file = self.file.take().expect("upload used after commit or abort");
         let result = (|| -> Result<ObjectMeta> {
             self.finish_file(&file, &sums, durable)?;
-            if !self.linked(&file) {
-                let id = &self.id;
-                if self.replace || self.published {
-                    // Atomically replace <id>: a second link, renamed over it.
-                    let side = self.datadir.join(format!("{TEMP_PREFIX}{id}.publish"));
-                    let _ = fs::remove_file(&side);
-                    fs::hard_link(&self.temp, &side)
-                        .and_then(|()| fs::rename(&side, &self.path))
-                        .map_err(|e| {
-                            let _ = fs::remove_file(&side);
-                            StoreError::io(id, e)
-                        })?;
-                } else {
-                    // New image: fails with EEXIST if another writer won.
-                    fs::hard_link(&self.temp, &self.path).map_err(|e| StoreError::io(id, e))?;
-                }
+            let mut copy = None;
+            if self.needs_linking(&file) {
+                // A new image fails with EEXIST if another writer won.
+                copy = self.link_as_id(&file, &sums, durable)?;
                 self.published = true;
             }
             if durable {
                 self.sync_datadir()?;
             }
             let m = file.metadata().map_err(|e| StoreError::io(&self.id, e))?;
+            self.published_as = Some(content_stamp(&m));
+            let m = match &copy {
+                Some(c) => c.metadata().map_err(|e| StoreError::io(&self.id, e))?,
+                None => m,
+            };
             Ok(meta_of(&self.id, &m))
         })();
         self.file = Some(file);
@@ -936,34 +1006,22 @@ impl FileUpload {
     fn commit_sync(&mut self, sums: Option<Checksums>, durable: bool) -> Result<ObjectMeta> {
         let file = self.file.take().expect("upload committed twice");
         let id = self.id.clone();
-        if self.published && self.linked(&file) {
-            // <id> is this very file already: finish it, drop the temp name.
-            let result = self.finish_file(&file, &sums, durable).and_then(|()| {
-                if !self.in_place {
-                    fs::remove_file(&self.temp).map_err(|e| StoreError::io(&id, e))?;
-                }
-                if durable {
-                    self.sync_datadir()?;
-                }
-                let m = file.metadata().map_err(|e| StoreError::io(&id, e))?;
-                Ok(meta_of(&id, &m))
-            });
-            if result.is_err() && !self.in_place {
-                let _ = fs::remove_file(&self.temp);
-            }
-            return result;
-        }
         let result = (|| -> Result<ObjectMeta> {
             self.finish_file(&file, &sums, durable)?;
-            rename_file(&self.temp, &self.path, self.replace || self.published)
-                .map_err(|e| StoreError::io(&id, e))?;
+            // A published upload usually is `<id>` already: nothing moves,
+            // so the times a reader saw at close stay as they were.
+            let copy = if self.needs_linking(&file) {
+                self.link_as_id(&file, &sums, durable)?
+            } else {
+                None
+            };
             if durable {
                 self.sync_datadir()?;
             }
-            let m = file.metadata().map_err(|e| StoreError::io(&id, e))?;
-            Ok(meta_of(&id, &m))
+            let m = copy.as_ref().unwrap_or(&file).metadata();
+            Ok(meta_of(&id, &m.map_err(|e| StoreError::io(&id, e))?))
         })();
-        if result.is_err() {
+        if result.is_err() && self.temp_named {
             let _ = fs::remove_file(&self.temp);
         }
         drop(file); // releases the lock only after the rename
@@ -971,7 +1029,7 @@ impl FileUpload {
     }
 
     fn abort_sync(&mut self) {
-        if self.file.take().is_some() && !self.in_place {
+        if self.file.take().is_some() && self.temp_named {
             let _ = fs::remove_file(&self.temp);
         }
     }
@@ -1066,7 +1124,8 @@ impl Upload for FileUpload {
             file_perm: self.file_perm,
             shareable: self.shareable,
             published: self.published,
-            in_place: self.in_place,
+            temp_named: self.temp_named,
+            published_as: self.published_as,
         };
         let (me, result) = tokio::task::spawn_blocking(move || {
             let r = me.publish_sync(sums, durable);
@@ -1077,6 +1136,8 @@ impl Upload for FileUpload {
         let mut me = me;
         self.file = me.file.take();
         self.published = me.published;
+        self.temp_named = me.temp_named;
+        self.published_as = me.published_as;
         result
     }
 
