@@ -159,6 +159,14 @@ is_mounted() { awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/self/moun
 daemon_pid() { cat "$PIDFILE" 2>/dev/null; }
 daemon_alive() { local p; p=$(daemon_pid) && [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
 
+# Says why the daemon is gone, as far as its log and the kernel know (CI
+# keeps only what is printed).
+report_dead_daemon() {
+    echo "    (the imagefs daemon is not running any more; the end of its log:)"
+    tail -n 15 "$STATE/daemon-$(basename "$MNT").log" 2>/dev/null | sed 's/^/      /' || true
+    dmesg 2>/dev/null | grep -E 'imagefs|tokio|fuser' | tail -n 5 | sed 's/^/      kernel: /' || true
+}
+
 do_mount() { # do_mount [MOUNTPOINT [extra args...]]
     local mnt=${1:-$MNT}; shift || true
     local logopt=()
@@ -1184,6 +1192,7 @@ for t in "${SELECTED[@]}"; do
     if [ $rc -eq 0 ]; then
         if ! daemon_alive; then
             echo "FAIL $t (${dt}s): the imagefs daemon died during the test"
+            report_dead_daemon
             FAILED=$((FAILED + 1)); FAILED_NAMES+=("$t")
         else
             echo "ok   $t (${dt}s)"
@@ -1193,7 +1202,7 @@ for t in "${SELECTED[@]}"; do
         [ $rc -eq 124 ] && echo "  timed out after ${TEST_TIMEOUT}s" >>"$STATE/logs/$t.log"
         echo "FAIL $t (${dt}s)"
         sed 's/^/    /' "$STATE/logs/$t.log" | tail -40
-        daemon_alive || echo "    (the imagefs daemon is not running any more)"
+        daemon_alive || report_dead_daemon
         FAILED=$((FAILED + 1)); FAILED_NAMES+=("$t")
     fi
 done
