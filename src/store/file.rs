@@ -947,11 +947,8 @@ impl FileUpload {
         }
         let side = self.datadir.join(format!("{TEMP_PREFIX}{id}.publish"));
         let copied = (|| -> Result<File> {
-            let mode = file.metadata().map_err(|e| StoreError::io(&id, e))?.mode();
-            // A description of our own, so the copy moves no shared offset.
-            let mut src = File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
-                .map_err(|e| StoreError::io(&id, e))?;
-            let mut dst = OpenOptions::new()
+            let m = file.metadata().map_err(|e| StoreError::io(&id, e))?;
+            let dst = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
@@ -959,11 +956,11 @@ impl FileUpload {
                 .mode(0o600)
                 .open(&side)
                 .map_err(|e| StoreError::io(&id, e))?;
-            io::copy(&mut src, &mut dst).map_err(|e| StoreError::io(&id, e))?;
+            copy_range(file, 0, &dst, 0, m.len()).map_err(|e| StoreError::io(&id, e))?;
             set_file_attrs(
                 &dst,
                 &SetAttrs {
-                    mode: Some(mode & 0o7777),
+                    mode: Some(m.mode() & 0o7777),
                     ..SetAttrs::default()
                 },
             )
