@@ -89,6 +89,10 @@ osd objectstore = $2
 bluestore block create = true
 bluestore block size = $osd_size
 osd memory target = 1073741824
+# A client that died (kill -9) holds its watches on RBD images until this
+# expires; gc treats a watched image as a live writer's. 10 s instead of
+# 30 s keeps the kill -9 tests short; live clients ping well within it.
+osd client watch timeout = 10
 
 [client.rgw.a]
 rgw frontends = beast endpoint=127.0.0.1:$rgw_port

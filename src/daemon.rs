@@ -159,3 +159,36 @@ pub fn set_read_ahead(mountpoint: &Path, kb: u32) -> io::Result<()> {
         kb.to_string(),
     )
 }
+
+/// On SIGABRT (a C++ exception nobody caught in librbd ends in abort, as
+/// does a Rust panic that cannot unwind), writes the dying thread's name and backtrace to stderr
+/// (the daemon's log), then dies of the same signal. Not async-signal-safe,
+/// and it does not need to be: the process is ending either way, and a
+/// daemon that dies under systemd with no trace cannot be debugged.
+pub fn report_fatal_signals() {
+    extern "C" fn on_fatal(sig: libc::c_int) {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("?");
+        let bt = std::backtrace::Backtrace::force_capture();
+        let _ = writeln!(
+            io::stderr(),
+            "imagefs: fatal signal {sig} in thread {name:?}; backtrace:\n{bt}"
+        );
+        // SAFETY: restores the default action and re-raises the signal.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            libc::raise(sig);
+        }
+    }
+    {
+        let sig = libc::SIGABRT;
+        // SAFETY: installs a handler; the handler only re-raises after writing.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_fatal as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = libc::SA_RESETHAND | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}

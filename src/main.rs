@@ -156,6 +156,7 @@ fn mount(
         daemon::detach(log_file).map_err(|e| format!("cannot detach: {e}"))?
     };
     init_logging();
+    daemon::report_fatal_signals();
     let result = serve(&cfg, &mountpoint, store_name, &opts, pid_file, &mut ready);
     if let Err(e) = &result {
         ready.failed(e);

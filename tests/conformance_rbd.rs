@@ -418,3 +418,60 @@ async fn open_readers_keep_their_version() {
     store.gc(Duration::ZERO, false).await.unwrap();
     assert_eq!(run_text("rbd", &["trash", "ls", &pool]).trim(), "");
 }
+
+/// A new version is swapped in by two renames (RBD has no atomic replace):
+/// lookups on the same mount in between wait for the swap instead of
+/// finding no image. Modify commits are clones of the old version, which
+/// the upkeep thread then flattens so that the old one can be purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookups_during_commits_always_find_the_image() {
+    let pool = tokio::task::spawn_blocking(|| fresh_pool("swaps"))
+        .await
+        .unwrap();
+    let store = store_on(&pool);
+    conformance::put(&store, "img", &conformance::data(1 << 20, 1)).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lookups: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Err(e) = store.head("img").await {
+                        panic!("lookup {n} during a commit: {e}");
+                    }
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    for i in 0..12u8 {
+        let mut up = store
+            .create_upload("img", UploadMode::Modify)
+            .await
+            .unwrap();
+        up.write_at(u64::from(i) * 4096, bytes::Bytes::from(vec![i; 4096]))
+            .await
+            .unwrap();
+        up.commit(None, false).await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for l in lookups {
+        assert!(l.await.unwrap() > 0, "lookups ran");
+    }
+    let got = conformance::get(&store, "img").await;
+    for i in 0..12usize {
+        assert!(got[i * 4096..(i + 1) * 4096].iter().all(|&b| b == i as u8));
+    }
+    // The upkeep thread detaches each new version from the old one.
+    let mut parent = serde_json::Value::Null;
+    for _ in 0..100 {
+        parent = rbd_info(&pool, "img")["parent"].clone();
+        if parent.is_null() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(parent.is_null(), "img still a clone: {parent}");
+}

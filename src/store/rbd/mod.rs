@@ -17,11 +17,12 @@
 
 mod ffi;
 mod meta;
+mod upkeep;
 mod upload;
 
 use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -83,6 +84,60 @@ pub(crate) struct Conn {
     pool: Arc<Pool>,
     layout: Layout,
     fsid: String,
+    /// Ids whose new version is being swapped in by this process (between
+    /// the two renames the name is missing): opens wait for the swap.
+    swaps: Swaps,
+    upkeep: upkeep::Upkeep,
+}
+
+/// Ids in the middle of a name swap, and a signal when one ends.
+#[derive(Default)]
+struct Swaps {
+    ids: Mutex<HashSet<String>>,
+    done: Condvar,
+}
+
+/// Longest an open waits for a swap of its id (two renames) to end.
+const SWAP_WAIT: Duration = Duration::from_secs(10);
+
+impl Swaps {
+    /// Marks `id` as being swapped until the guard drops.
+    fn start<'a>(&'a self, id: &str) -> SwapGuard<'a> {
+        let mut ids = self.ids.lock().unwrap();
+        while ids.contains(id) {
+            ids = self.done.wait(ids).unwrap();
+        }
+        ids.insert(id.to_string());
+        SwapGuard {
+            swaps: self,
+            id: id.to_string(),
+        }
+    }
+
+    /// Waits until no swap of `id` is running; true if one was.
+    fn wait(&self, id: &str) -> bool {
+        let ids = self.ids.lock().unwrap();
+        if !ids.contains(id) {
+            return false;
+        }
+        let _unused = self
+            .done
+            .wait_timeout_while(ids, SWAP_WAIT, |ids| ids.contains(id))
+            .unwrap();
+        true
+    }
+}
+
+pub(crate) struct SwapGuard<'a> {
+    swaps: &'a Swaps,
+    id: String,
+}
+
+impl Drop for SwapGuard<'_> {
+    fn drop(&mut self) {
+        self.swaps.ids.lock().unwrap().remove(&self.id);
+        self.swaps.done.notify_all();
+    }
 }
 
 impl Conn {
@@ -112,6 +167,8 @@ impl Conn {
             pool: Arc::new(pool),
             layout: Layout { order, features },
             fsid,
+            swaps: Swaps::default(),
+            upkeep: upkeep::Upkeep::default(),
         })
     }
 }
@@ -119,12 +176,27 @@ impl Conn {
 impl Conn {
     /// Committed image `id` as Glance reads it: `<id>@snap`, read-only.
     fn committed(&self, id: &str) -> Result<Image> {
-        Image::open_read_only(&self.pool, id, Some(SNAP)).map_err(|e| map_err(id, e))
+        self.open_with(id, || Image::open_read_only(&self.pool, id, Some(SNAP)))
     }
 
     /// Image `id` itself (its head), to write it or change its metadata.
     fn head(&self, id: &str) -> Result<Image> {
-        Image::open(&self.pool, id).map_err(|e| map_err(id, e))
+        self.open_with(id, || Image::open(&self.pool, id))
+    }
+
+    /// Opens `id` with `open`; a miss while this process swaps a new
+    /// version in under that name waits for the swap and tries again.
+    fn open_with(&self, id: &str, open: impl Fn() -> ffi::RbdResult<Image>) -> Result<Image> {
+        match open() {
+            Err(e) if e.errno == libc::ENOENT && self.swaps.wait(id) => open(),
+            r => r,
+        }
+        .map_err(|e| map_err(id, e))
+    }
+
+    /// Marks `id` as being swapped (see `swaps`) until the guard drops.
+    pub(crate) fn swapping(&self, id: &str) -> SwapGuard<'_> {
+        self.swaps.start(id)
     }
 }
 

@@ -349,6 +349,7 @@ fn commit_sync(
     // RBD has no atomic replace: the old version steps aside under a
     // hidden name, the new one takes the id.
     let old = temp_name(OLD_PREFIX, id);
+    let swap = c.swapping(id);
     let had_old = match c.pool.rename(id, &old) {
         Ok(()) => true,
         Err(e) if e.errno == libc::ENOENT => false,
@@ -360,31 +361,22 @@ fn commit_sync(
         }
         return Err(err(e));
     }
+    drop(swap);
     if had_old {
-        retire_replaced(c, id, &old)?;
+        retire_replaced(c, img, &old)?;
     }
     Ok(())
 }
 
 /// The old version of `id`, now named `old`, goes to the trash; when the
-/// new version is a clone of it, a background flatten detaches it so that
-/// it can be purged once its grace has passed.
-fn retire_replaced(c: &Arc<Conn>, id: &str, old: &str) -> Result<()> {
+/// new version `img` is a clone of it, the upkeep thread flattens it so
+/// that the old one can be purged once its grace has passed.
+fn retire_replaced(c: &Arc<Conn>, img: &Image, old: &str) -> Result<()> {
     retire_old(c, old)?;
-    let c = c.clone();
-    let (id, old) = (id.to_string(), old.to_string());
-    std::thread::spawn(move || {
-        if let Ok(img) = Image::open(&c.pool, &id) {
-            let from_old = img.parent().ok().flatten().is_some_and(|p| p.image == old);
-            if from_old {
-                match img.flatten() {
-                    Ok(()) => tracing::debug!(id, old, "new version flattened"),
-                    Err(e) => tracing::warn!(id, "flattening the new version failed: {e}"),
-                }
-            }
-        }
-        purge_old(&c, false);
-    });
+    match img.id() {
+        Ok(new_id) => c.upkeep.detach(c, new_id, old.to_string()),
+        Err(e) => tracing::warn!(old, "new version without an id, not flattened: {e}"),
+    }
     Ok(())
 }
 

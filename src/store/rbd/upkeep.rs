@@ -1,0 +1,75 @@
+//! Background upkeep of one connection: after a new version replaced an
+//! image, flattening it away from the old version it was cloned from, then
+//! purging old versions from the trash. One job at a time, on one thread,
+//! so that upkeep never races itself on the same images.
+
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex};
+
+use super::ffi::Image;
+use super::{purge_old, Conn};
+
+/// A new version (by RBD image id, which renames do not change) that may
+/// be a clone of the old version `old`.
+struct Job {
+    new_id: String,
+    old: String,
+}
+
+/// The queue of one connection's upkeep thread, started at the first job.
+#[derive(Default)]
+pub(crate) struct Upkeep {
+    tx: Mutex<Option<Sender<Job>>>,
+}
+
+impl Upkeep {
+    /// Queues the flatten of `new_id` (if it is a clone of `old`) and a
+    /// purge of the trash.
+    pub fn detach(&self, conn: &Arc<Conn>, new_id: String, old: String) {
+        let mut tx = self.tx.lock().unwrap();
+        let job = Job { new_id, old };
+        let job = match tx.as_ref() {
+            Some(t) => match t.send(job) {
+                Ok(()) => return,
+                // The thread is gone: start another.
+                Err(e) => e.0,
+            },
+            None => job,
+        };
+        let (t, rx) = channel::<Job>();
+        let weak = Arc::downgrade(conn);
+        let spawned = std::thread::Builder::new()
+            .name("rbd-upkeep".into())
+            .spawn(move || {
+                // Ends when the connection (holding the sender) is gone.
+                while let Ok(job) = rx.recv() {
+                    let Some(c) = weak.upgrade() else { break };
+                    run(&c, &job);
+                }
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = t.send(job);
+                *tx = Some(t);
+            }
+            Err(e) => tracing::warn!("cannot start the RBD upkeep thread: {e}"),
+        }
+    }
+}
+
+fn run(c: &Conn, job: &Job) {
+    if let Ok(img) = Image::open_by_id(&c.pool, &job.new_id) {
+        let from_old = img
+            .parent()
+            .ok()
+            .flatten()
+            .is_some_and(|p| p.image == job.old);
+        if from_old {
+            match img.flatten() {
+                Ok(()) => tracing::debug!(old = job.old, "new version flattened"),
+                Err(e) => tracing::warn!(old = job.old, "flattening a new version failed: {e}"),
+            }
+        }
+    }
+    purge_old(c, false);
+}
