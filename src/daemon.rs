@@ -192,3 +192,15 @@ pub fn report_fatal_signals() {
         }
     }
 }
+
+/// Ends the process with `code` once everything of ours is closed, without
+/// running C++ static destructors: librados and librbd keep threads of
+/// their own (and ours may still be inside a librbd call, such as the
+/// upkeep thread's flatten), and tearing their globals down under them
+/// ends in std::terminate instead of a clean exit.
+pub fn exit_now(code: i32) -> ! {
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    // SAFETY: _exit ends the process at once; nothing runs after it.
+    unsafe { libc::_exit(code) }
+}

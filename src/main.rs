@@ -1,7 +1,6 @@
 //! The `imagefs` command: `mount`, `check` and `gc`.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -250,7 +249,7 @@ fn serve(
     result.map_err(|e| format!("FUSE session: {e}"))
 }
 
-fn main() -> ExitCode {
+fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Mount {
@@ -309,11 +308,12 @@ fn main() -> ExitCode {
             })
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match result {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("imagefs: {e}");
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    daemon::exit_now(code)
 }
