@@ -271,6 +271,9 @@ fn grow<T: Copy>(
 
 // ---- cluster ---------------------------------------------------------------
 
+/// Shortest bound on one OSD operation (see `Cluster::connect`).
+const OSD_OP_TIMEOUT_MIN: Duration = Duration::from_secs(120);
+
 /// A connection to a Ceph cluster (librados client).
 pub struct Cluster {
     rados: rados_t,
@@ -315,14 +318,14 @@ impl Cluster {
             rados_conf_read_file(c.rados, path.as_ptr())
         })?;
         if !timeout.is_zero() {
-            let secs = timeout.as_secs().max(1).to_string();
-            for key in [
-                "client_mount_timeout",
-                "rados_mon_op_timeout",
-                "rados_osd_op_timeout",
-            ] {
-                c.conf_set(key, &secs)?;
-            }
+            let secs = timeout.as_secs().max(1);
+            c.conf_set("client_mount_timeout", &secs.to_string())?;
+            c.conf_set("rados_mon_op_timeout", &secs.to_string())?;
+            // OSD ops get four times as long (at least OSD_OP_TIMEOUT_MIN):
+            // a loaded OSD can stall an op for many seconds, and librbd
+            // copes badly with ops that time out mid-request.
+            let osd = (secs * 4).max(OSD_OP_TIMEOUT_MIN.as_secs());
+            c.conf_set("rados_osd_op_timeout", &osd.to_string())?;
         }
         // SAFETY: valid, configured handle.
         check("rados_connect", unsafe { rados_connect(c.rados) })?;
