@@ -69,19 +69,22 @@ fi
 
 [ "$with_cargo" = 1 ] || exit 0
 
-# Cargo tools, pinned. crate:binary:version
+# Cargo tools, pinned. crate:binary:version[:features]
+#   s3s-fs: the second S3 server of the S3 store's tests (scripts/s3s.sh);
+#   0.14.1 is the last release that builds with rustc 1.9x.
 cargo_tools=(
     "fsx:fsx:0.3.2"
     "pjdfstest:pjdfstest:0.2.2"
+    "s3s-fs:s3s-fs:0.14.1:binary"
 )
 for t in "${cargo_tools[@]}"; do
-    IFS=: read -r crate bin ver <<<"$t"
+    IFS=: read -r crate bin ver features <<<"$t"
     if [ -x "$tools/bin/$bin" ]; then
         echo "install-deps: $bin present ($tools/bin/$bin)"
         continue
     fi
     echo "install-deps: cargo install $crate@$ver into $tools"
-    cargo install --locked --root "$tools" --version "$ver" "$crate"
+    cargo install --locked --root "$tools" --version "$ver" ${features:+--features "$features"} "$crate"
 done
 
 # pjdfstest-flat: the same pjdfstest, patched (fuse-tests/pjdfstest-flat.patch)
