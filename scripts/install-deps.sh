@@ -58,6 +58,15 @@ else
     echo "install-deps: apt packages present"
 fi
 
+# boto3 (pip): the S3 store's interop tests write and read objects with it,
+# as Glance's own S3 driver does.
+if ! python3 -c 'import boto3' 2>/dev/null; then
+    echo "install-deps: pip install boto3"
+    python3 -m pip install --quiet boto3
+else
+    echo "install-deps: boto3 present"
+fi
+
 # FUSE needs /dev/fuse; allow_other needs user_allow_other in /etc/fuse.conf
 # (only matters when not root, harmless otherwise).
 if [ ! -e /dev/fuse ]; then

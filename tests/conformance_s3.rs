@@ -347,6 +347,7 @@ async fn dead_server_fails_in_bounded_time() {
     let e = st.head("x").await.unwrap_err();
     assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
     assert!(st.statfs().await.is_err());
+    println!("dead server: EIO after {:?}", t.elapsed());
     assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     let shown = format!("{e} {e:?} {st:?}");
     assert!(!shown.contains(&server.secret_key), "secret in {shown}");

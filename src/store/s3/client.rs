@@ -27,6 +27,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// One attempt of one request (a part of up to a few hundred MiB).
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Read and attempt timeout of server-side copies (CopyObject and
+/// UploadPartCopy answer only when done).
+pub const COPY_TIMEOUT: Duration = Duration::from_secs(900);
 
 /// The host part of an `http(s)://host[:port][/...]` URL.
 pub fn host_of(url: &str) -> &str {

@@ -1,6 +1,7 @@
-//! Server-side copies: one CopyObject up to 5 GiB (S3's limit for it),
-//! else a multipart upload whose parts are UploadPartCopy ranges of the
-//! source, several in flight. Every copy names the source's ETag
+//! Server-side copies: one CopyObject (S3 allows it up to 5 GiB; Ceph RGW
+//! at any size), else, when the server refuses it for the size, a
+//! multipart upload whose parts are UploadPartCopy ranges of the source,
+//! several in flight. Every copy names the source's ETag
 //! (`x-amz-copy-source-if-match`), so a source replaced meanwhile fails the
 //! copy instead of mixing versions. The destination's metadata is always
 //! given (MetadataDirective REPLACE), which also makes a copy of an object
@@ -17,7 +18,7 @@ use crate::store::{Result, StoreError};
 /// Largest object one CopyObject copies.
 pub const COPY_OBJECT_MAX: u64 = 5 << 30;
 /// Part size of a multipart copy (10,000 parts cover S3's 5 TiB limit).
-const COPY_PART: u64 = 1 << 30;
+const COPY_PART: u64 = 512 << 20;
 
 /// Copies `src` (as `head` saw it) to `dst` with metadata `meta`.
 pub async fn copy(
@@ -27,20 +28,35 @@ pub async fn copy(
     dst: &str,
     meta: &Meta,
 ) -> Result<()> {
-    if head.size <= COPY_OBJECT_MAX {
-        b.client
-            .copy_object()
-            .bucket(&b.name)
-            .key(dst)
-            .copy_source(copy_source(&b.name, src))
-            .copy_source_if_match(&head.etag)
-            .metadata_directive(MetadataDirective::Replace)
-            .set_metadata(Some(meta.clone()))
-            .set_content_type(head.content_type.clone())
-            .send()
-            .await
-            .map_err(|e| s3err(e).into_store(src))?;
-        return Ok(());
+    // CopyObject first, whatever the size: S3 refuses it above 5 GiB, but
+    // Ceph RGW copies any size (onto itself: only the metadata changes),
+    // where parts would copy every byte.
+    let one = b
+        .client
+        .copy_object()
+        .bucket(&b.name)
+        .key(dst)
+        .copy_source(copy_source(&b.name, src))
+        .copy_source_if_match(&head.etag)
+        .metadata_directive(MetadataDirective::Replace)
+        .set_metadata(Some(meta.clone()))
+        .set_content_type(head.content_type.clone())
+        .customize()
+        .config_override(slow())
+        .send()
+        .await
+        .map_err(s3err);
+    match one {
+        Ok(_) => return Ok(()),
+        Err(e) if head.size > COPY_OBJECT_MAX && too_large(&e) => {
+            tracing::debug!(
+                src,
+                dst,
+                "CopyObject refused ({}); copying in parts",
+                e.message
+            );
+        }
+        Err(e) => return Err(e.into_store(src)),
     }
     let up = b
         .client
@@ -86,6 +102,24 @@ pub async fn copy(
             .await;
     }
     r
+}
+
+/// Timeouts of copies: the server answers only once the copy is done
+/// (minutes for GiBs on a busy server), so no byte for a while is normal.
+fn slow() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default().timeout_config(
+        aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+            .read_timeout(super::client::COPY_TIMEOUT)
+            .operation_attempt_timeout(super::client::COPY_TIMEOUT)
+            .build(),
+    )
+}
+
+/// A CopyObject refused for the size of its source (AWS: 400
+/// InvalidRequest, others: EntityTooLarge).
+fn too_large(e: &S3Error) -> bool {
+    matches!(e.status, Some(400 | 413))
+        || matches!(e.code.as_deref(), Some("InvalidRequest" | "EntityTooLarge"))
 }
 
 async fn copy_parts(
@@ -151,6 +185,7 @@ pub fn part_copy(
         .copy_source_if_match(etag)
         .copy_source_range(format!("bytes={off}-{}", off + len - 1))
         .customize()
+        .config_override(slow())
         // The request has no body; RGW (Pacific) refuses it without an
         // explicit Content-Length (411), which the SDK leaves out.
         .mutate_request(|r| {

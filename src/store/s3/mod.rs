@@ -16,7 +16,8 @@
 //! or abort, and `gc` removes claims and multipart uploads that dead
 //! writers left. Writes are sequential (`random_write` is false). Rename is
 //! copy + delete (not atomic: a crash between leaves both names). S3 has no
-//! capacity: `statfs` reports 1 PiB free (see `STATFS_BYTES`).
+//! capacity: `statfs` reports 1 PiB free (see `STATFS_BYTES`). The store
+//! directory's mode, owner and times are the metadata of `.imagefs-store`.
 
 mod client;
 mod copy;
@@ -50,7 +51,12 @@ pub use client::{location as location_of, path_style};
 pub const STATFS_BYTES: u64 = 1 << 50;
 /// Bytes of upload parts in flight per upload, at most (with the part
 /// being filled, the memory an upload holds).
-pub const IN_FLIGHT_BYTES: u64 = 160 << 20;
+pub const IN_FLIGHT_BYTES: u64 = 64 << 20;
+/// The object holding the store directory's mode, owner and times (S3
+/// has no directories); hidden like every `.imagefs-` name.
+const STORE_OBJECT: &str = ".imagefs-store";
+/// Names imagefs keeps for itself: never listed, never image ids.
+const HIDDEN_PREFIX: &str = ".imagefs-";
 /// Objects examined at once by `list` (one HEAD each for the metadata).
 const LIST_PARALLEL: usize = 16;
 
@@ -99,7 +105,7 @@ impl S3Store {
 
     /// HEAD of committed image `id`: NotFound for names that are not ids.
     async fn head_image(&self, id: &str) -> Result<Head> {
-        if validate_id(id).is_err() {
+        if validate_id(id).is_err() || id.starts_with(HIDDEN_PREFIX) {
             return Err(StoreError::NotFound(id.to_string()));
         }
         self.bucket.head_or(id).await
@@ -174,6 +180,17 @@ impl S3Store {
     }
 }
 
+/// An id a new image may take: valid, and not one of imagefs's own names.
+fn check_new_id(id: &str) -> Result<()> {
+    validate_id(id)?;
+    if id.starts_with(HIDDEN_PREFIX) {
+        return Err(StoreError::InvalidInput(format!(
+            "{id:?}: names starting with {HIDDEN_PREFIX} are reserved"
+        )));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Store for S3Store {
     fn name(&self) -> &str {
@@ -199,13 +216,45 @@ impl Store for S3Store {
         client::location(&self.cfg, id)
     }
 
+    async fn root_attrs(&self) -> Result<Option<ObjectMeta>> {
+        let Some(h) = self.bucket.head_opt(STORE_OBJECT).await? else {
+            return Ok(None);
+        };
+        let mut m = h.object_meta("");
+        m.size = 0;
+        m.mode = Some(meta::parse(&h.meta).mode.unwrap_or(0o755));
+        m.version = String::new();
+        Ok(Some(m))
+    }
+
+    /// Kept as the metadata of object `.imagefs-store`, so `rsync -a` into
+    /// the store's directory can set them.
+    async fn set_root_attrs(&self, attrs: &SetAttrs) -> Result<()> {
+        let mut m = match self.bucket.head_opt(STORE_OBJECT).await? {
+            Some(h) => h.meta,
+            None => meta::Meta::new(),
+        };
+        meta::apply_attrs(&mut m, attrs);
+        self.bucket
+            .client
+            .put_object()
+            .bucket(&self.cfg.bucket)
+            .key(STORE_OBJECT)
+            .set_metadata(Some(m))
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b""))
+            .send()
+            .await
+            .map_err(|e| s3err(e).into_store(STORE_OBJECT))?;
+        Ok(())
+    }
+
     async fn list(&self) -> Result<Vec<ObjectMeta>> {
         let keys: Vec<String> = self
             .list_keys(None)
             .await?
             .into_iter()
             .filter_map(|o| o.key().map(str::to_string))
-            .filter(|k| validate_id(k).is_ok())
+            .filter(|k| validate_id(k).is_ok() && !k.starts_with(HIDDEN_PREFIX))
             .collect();
         let mut out = Vec::with_capacity(keys.len());
         for batch in keys.chunks(LIST_PARALLEL) {
@@ -232,7 +281,7 @@ impl Store for S3Store {
     }
 
     async fn read(&self, id: &str, offset: u64, len: u32) -> Result<Bytes> {
-        if validate_id(id).is_err() {
+        if validate_id(id).is_err() || id.starts_with(HIDDEN_PREFIX) {
             return Err(StoreError::NotFound(id.to_string()));
         }
         self.bucket
@@ -253,7 +302,7 @@ impl Store for S3Store {
     }
 
     async fn create_upload(&self, id: &str, mode: UploadMode) -> Result<Box<dyn Upload>> {
-        validate_id(id)?;
+        check_new_id(id)?;
         Ok(Box::new(
             S3Upload::start(self.bucket.clone(), id, mode).await?,
         ))
@@ -266,7 +315,7 @@ impl Store for S3Store {
 
     /// Copy then delete, inside the server.
     async fn rename(&self, from: &str, to: &str, replace: bool) -> Result<()> {
-        validate_id(to)?;
+        check_new_id(to)?;
         let head = self.head_image(from).await?;
         if from == to {
             return Ok(());
@@ -279,7 +328,7 @@ impl Store for S3Store {
     }
 
     async fn copy(&self, from: &str, to: &str) -> Result<()> {
-        validate_id(to)?;
+        check_new_id(to)?;
         let head = self.head_image(from).await?;
         if self.bucket.head_opt(to).await?.is_some() {
             return Err(StoreError::AlreadyExists(to.to_string()));
@@ -358,7 +407,8 @@ impl Store for S3Store {
             files: 0,
             files_free: u32::MAX as u64,
             block_size: 1 << 20,
-            name_max: 255,
+            // The fs layer keeps room for temp names, as on every store.
+            name_max: 255 - TEMP_PREFIX.len() as u32,
         })
     }
 

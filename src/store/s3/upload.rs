@@ -220,8 +220,11 @@ impl S3Upload {
     /// Sends the first `n` buffered bytes as the next part.
     async fn ship(&mut self, n: usize) -> Result<()> {
         self.wait_room(n as u64).await?;
-        let mut rest = BytesMut::with_capacity(self.buf.len() - n);
-        rest.extend_from_slice(&self.buf[n..]);
+        let mut rest = BytesMut::new();
+        if self.buf.len() > n {
+            rest = BytesMut::with_capacity(self.cur_part_len() as usize);
+            rest.extend_from_slice(&self.buf[n..]);
+        }
         self.buf.truncate(n);
         let part = std::mem::replace(&mut self.buf, rest).freeze();
         self.buf_start += n as u64;
@@ -248,6 +251,14 @@ impl S3Upload {
         Ok(())
     }
 
+    /// Gives an empty buffer room for a whole part (address space only
+    /// until written), so filling it never reallocates.
+    fn reserve_part(&mut self) {
+        if self.buf.capacity() == 0 {
+            self.buf = BytesMut::with_capacity(self.cur_part_len() as usize);
+        }
+    }
+
     /// Sends every whole part the buffer holds.
     async fn ship_full(&mut self) -> Result<()> {
         loop {
@@ -267,6 +278,7 @@ impl S3Upload {
                 .saturating_sub(self.buf.len() as u64)
                 .max(1);
             let k = n.min(room);
+            self.reserve_part();
             self.buf.resize(self.buf.len() + k as usize, 0);
             self.len += k;
             n -= k;
@@ -446,9 +458,22 @@ impl Upload for S3Upload {
         let at = (offset - self.buf_start) as usize;
         let overlap = (self.buf.len() - at).min(data.len());
         self.buf[at..at + overlap].copy_from_slice(&data[..overlap]);
-        self.buf.extend_from_slice(&data[overlap..]);
-        self.len = self.len.max(offset + data.len() as u64);
-        self.ship_full().await
+        let mut rest = data.slice(overlap..);
+        // Appended a part at a time, so a part's buffer never grows past
+        // the part (it is sent as it is, capacity included).
+        while !rest.is_empty() {
+            let room = self
+                .cur_part_len()
+                .saturating_sub(self.buf.len() as u64)
+                .max(1);
+            let k = rest.len().min(room as usize);
+            self.reserve_part();
+            self.buf.extend_from_slice(&rest[..k]);
+            self.len = self.len.max(self.buf_start + self.buf.len() as u64);
+            rest = rest.slice(k..);
+            self.ship_full().await?;
+        }
+        Ok(())
     }
 
     async fn read_at(&self, offset: u64, len: u32) -> Result<Bytes> {
