@@ -21,6 +21,9 @@ use crate::store::{ObjectMeta, Result, StoreError, TEMP_PREFIX};
 /// (and never with a metadata-only change), set by imagefs's own writes.
 pub const CONTENT: &str = "imagefs-content";
 
+/// Metadata key of a claim object: who made it.
+const CLAIM: &str = "imagefs-claim";
+
 /// What HEAD says about one key.
 #[derive(Debug, Clone)]
 pub struct Head {
@@ -296,11 +299,13 @@ impl Bucket {
         if !conditional && self.head_opt(&key).await?.is_some() {
             return Err(StoreError::AlreadyExists(id.to_string()));
         }
+        let token = unique_token();
         let mut req = self
             .client
             .put_object()
             .bucket(&self.name)
             .key(&key)
+            .metadata(CLAIM, &token)
             .body(ByteStream::from_static(b""));
         if conditional {
             req = req.if_none_match("*");
@@ -308,7 +313,15 @@ impl Bucket {
         match req.send().await.map_err(s3err) {
             Ok(_) => {}
             Err(e) if e.is_precondition() || e.is_conflict() => {
-                return Err(StoreError::AlreadyExists(id.to_string()))
+                // The SDK retries a PUT whose answer was lost: the retry
+                // meets the claim its own first attempt made.
+                let ours = self
+                    .head_opt(&key)
+                    .await?
+                    .is_some_and(|h| h.meta.get(CLAIM) == Some(&token));
+                if !ours {
+                    return Err(StoreError::AlreadyExists(id.to_string()));
+                }
             }
             Err(e) => return Err(e.into_store(&key)),
         }
