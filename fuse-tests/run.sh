@@ -149,6 +149,92 @@ backend_rbd_teardown() {
     done
 }
 
+# s3: one bucket per store and run on an S3 server (default Ceph RGW of
+# scripts/ceph.sh --rgw; IMAGEFS_S3_ENV=.../s3s/s3s.env for s3s-fs), checked
+# with boto3 (Glance's own S3 client), never through the mount.
+S3_ENV_FILE="${IMAGEFS_S3_ENV:-${IMAGEFS_STATE:-/var/tmp/imagefs-backends}/ceph/rgw.env}"
+backend_s3_bucket() { echo "fusetest-${STATE##*.}-$1" | tr 'A-Z_' 'a-z-'; }
+s3py() { # s3py CODE ARGS...: CODE runs with S3 (a boto3 client) and sys.argv
+    local code=$1; shift
+    # shellcheck disable=SC1090
+    ( set -a; . "$S3_ENV_FILE"; set +a
+      AWS_REQUEST_CHECKSUM_CALCULATION=when_required AWS_RESPONSE_CHECKSUM_VALIDATION=when_required \
+      timeout 300 python3 -c "import boto3, botocore, os, sys
+S3 = boto3.client('s3', endpoint_url=os.environ['S3_ENDPOINT'], aws_access_key_id=os.environ['S3_ACCESS_KEY'],
+    aws_secret_access_key=os.environ['S3_SECRET_KEY'], region_name='us-east-1',
+    config=botocore.config.Config(s3={'addressing_style': 'path'}))
+$code" "$@" )
+}
+S3PY_EMPTY='def empty(b):
+    try:
+        for u in S3.list_multipart_uploads(Bucket=b).get("Uploads", []):
+            S3.abort_multipart_upload(Bucket=b, Key=u["Key"], UploadId=u["UploadId"])
+    except botocore.exceptions.ClientError as e:
+        if e.response["Error"]["Code"] not in ("NoSuchBucket", "NotImplemented"): raise
+    try:
+        for page in S3.get_paginator("list_objects_v2").paginate(Bucket=b):
+            for o in page.get("Contents", []): S3.delete_object(Bucket=b, Key=o["Key"])
+        S3.delete_bucket(Bucket=b)
+    except botocore.exceptions.ClientError as e:
+        if e.response["Error"]["Code"] != "NoSuchBucket": raise'
+backend_s3_setup() {
+    [ -f "$S3_ENV_FILE" ] || { echo "no S3 server: $S3_ENV_FILE (bash scripts/ceph.sh up --rgw)" >&2; return 1; }
+    local s
+    for s in "${STORES[@]}"; do
+        s3py "$S3PY_EMPTY
+empty(sys.argv[1]); S3.create_bucket(Bucket=sys.argv[1])" "$(backend_s3_bucket "$s")" || return 1
+    done
+}
+backend_s3_config_section() {
+    # shellcheck disable=SC1090
+    ( . "$S3_ENV_FILE"
+      printf '[stores.%s]\ntype = "s3"\nhost = "%s"\naccess_key = "%s"\nsecret_key = "%s"\nbucket = "%s"\nlarge_object_chunk_size_mb = 5\n\n' \
+        "$1" "$S3_ENDPOINT" "$S3_ACCESS_KEY" "$S3_SECRET_KEY" "$(backend_s3_bucket "$1")" )
+}
+backend_s3_cat() {
+    s3py "sys.stdout.buffer.write(S3.get_object(Bucket=sys.argv[1], Key=sys.argv[2])['Body'].read())" \
+        "$(backend_s3_bucket "$1")" "$2" 2>/dev/null
+}
+backend_s3_exists() {
+    s3py "S3.head_object(Bucket=sys.argv[1], Key=sys.argv[2])" "$(backend_s3_bucket "$1")" "$2" 2>/dev/null
+}
+backend_s3_leftovers() { # claims of new ids (.imagefs-tmp-*) and multipart uploads in progress
+    # one write, so a reader that stops early (grep -q) breaks no pipe
+    s3py "b = sys.argv[1]
+out = [o['Key'] for o in S3.list_objects_v2(Bucket=b, Prefix='.imagefs-tmp-').get('Contents', [])]
+try:
+    out += [u['Key'] for u in S3.list_multipart_uploads(Bucket=b).get('Uploads', [])]
+except botocore.exceptions.ClientError as e:
+    if e.response['Error']['Code'] != 'NotImplemented': raise
+try:
+    sys.stdout.write(''.join(k + chr(10) for k in out)); sys.stdout.flush()
+except BrokenPipeError:
+    os._exit(0)" "$(backend_s3_bucket "$1")"
+}
+backend_s3_put() { # as Glance's driver: boto3, multipart above 5 MiB
+    s3py "from boto3.s3.transfer import TransferConfig
+S3.upload_file(sys.argv[3], sys.argv[1], sys.argv[2],
+    Config=TransferConfig(multipart_threshold=5 << 20, multipart_chunksize=5 << 20))" \
+        "$(backend_s3_bucket "$1")" "$2" "$3"
+}
+backend_s3_location() {
+    # shellcheck disable=SC1090
+    ( . "$S3_ENV_FILE"; h=${S3_ENDPOINT#http://}; h=${h#https://}
+      case "$S3_ENDPOINT" in https://*) p=s3+https ;; *) p=s3 ;; esac
+      echo "$p://$h/$(backend_s3_bucket "$1")/$2" )
+}
+backend_s3_mode() {
+    s3py "print(S3.head_object(Bucket=sys.argv[1], Key=sys.argv[2])['Metadata'].get('imagefs-mode', '644'))" \
+        "$(backend_s3_bucket "$1")" "$2"
+}
+backend_s3_teardown() {
+    local s
+    for s in "${STORES[@]}"; do
+        s3py "$S3PY_EMPTY
+empty(sys.argv[1])" "$(backend_s3_bucket "$s")"
+    done
+}
+
 # ---------------------------------------------------------------------------
 # Mount management
 # ---------------------------------------------------------------------------

@@ -58,6 +58,15 @@ else
     echo "install-deps: apt packages present"
 fi
 
+# boto3 (pip): the S3 store's interop tests write and read objects with it,
+# as Glance's own S3 driver does.
+if ! python3 -c 'import boto3' 2>/dev/null; then
+    echo "install-deps: pip install boto3"
+    python3 -m pip install --quiet boto3
+else
+    echo "install-deps: boto3 present"
+fi
+
 # FUSE needs /dev/fuse; allow_other needs user_allow_other in /etc/fuse.conf
 # (only matters when not root, harmless otherwise).
 if [ ! -e /dev/fuse ]; then
@@ -69,19 +78,22 @@ fi
 
 [ "$with_cargo" = 1 ] || exit 0
 
-# Cargo tools, pinned. crate:binary:version
+# Cargo tools, pinned. crate:binary:version[:features]
+#   s3s-fs: the second S3 server of the S3 store's tests (scripts/s3s.sh);
+#   0.14.1 is the last release that builds with rustc 1.9x.
 cargo_tools=(
     "fsx:fsx:0.3.2"
     "pjdfstest:pjdfstest:0.2.2"
+    "s3s-fs:s3s-fs:0.14.1:binary"
 )
 for t in "${cargo_tools[@]}"; do
-    IFS=: read -r crate bin ver <<<"$t"
+    IFS=: read -r crate bin ver features <<<"$t"
     if [ -x "$tools/bin/$bin" ]; then
         echo "install-deps: $bin present ($tools/bin/$bin)"
         continue
     fi
     echo "install-deps: cargo install $crate@$ver into $tools"
-    cargo install --locked --root "$tools" --version "$ver" "$crate"
+    cargo install --locked --root "$tools" --version "$ver" ${features:+--features "$features"} "$crate"
 done
 
 # pjdfstest-flat: the same pjdfstest, patched (fuse-tests/pjdfstest-flat.patch)

@@ -6,6 +6,7 @@
 mod error;
 pub mod file;
 pub mod rbd;
+pub mod s3;
 
 pub use error::{Result, StoreError};
 
@@ -279,6 +280,9 @@ pub fn open(cfg: &StoreConfig) -> std::result::Result<Arc<dyn Store>, String> {
         BackendConfig::Rbd(r) => rbd::RbdStore::open(&cfg.name, r)
             .map(|s| Arc::new(s) as Arc<dyn Store>)
             .map_err(|e| format!("store {:?} (rbd): {e}", cfg.name)),
+        BackendConfig::S3(c) => s3::S3Store::open(&cfg.name, c)
+            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map_err(|e| format!("store {:?} (s3): {e}", cfg.name)),
         other => Err(format!(
             "store {:?}: type {:?} is not supported yet by this build of imagefs",
             cfg.name,
