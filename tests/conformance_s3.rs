@@ -17,20 +17,15 @@ use imagefs::store::{
 };
 
 macro_rules! rgw_store {
-    () => {{
-        async {
-            let name = test_name!();
-            let server = s3_common::rgw();
-            tokio::task::spawn_blocking(move || s3_common::store_for(&server, "imagefs-rgw", &name))
-                .await
-                .unwrap() as Arc<dyn Store>
-        }
-    }};
+    () => {
+        s3_common::conformance_store(s3_common::rgw(), "imagefs-rgw", test_name!())
+    };
 }
 
 conformance_tests!(rgw_store!());
 
-async fn store(case: &str) -> Arc<S3Store> {
+/// A store on a fresh bucket, and the guard that removes the bucket.
+async fn store(case: &str) -> (Arc<S3Store>, s3_common::BucketGuard) {
     let case = case.to_string();
     tokio::task::spawn_blocking(move || {
         s3_common::store_for(&s3_common::rgw(), "imagefs-rgw-io", &case)
@@ -63,7 +58,7 @@ fn md5_hex(b: &[u8]) -> String {
 /// checksums in the metadata; checked with the SDK directly and boto3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layout_matches_glance() {
-    let s = store("layout").await;
+    let (s, _bucket) = store("layout").await;
     let st: Arc<dyn Store> = s.clone();
     let big = "3f1c0e2a-0000-4000-8000-000000000001";
     let small = "3f1c0e2a-0000-4000-8000-000000000002";
@@ -128,7 +123,7 @@ async fn layout_matches_glance() {
 /// through a pinned reader, and copies and renames server-side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn objects_written_by_boto3_read_exactly() {
-    let s = store("boto3").await;
+    let (s, _bucket) = store("boto3").await;
     let st: Arc<dyn Store> = s.clone();
     let b = bucket_of("boto3");
     let len: usize = (17 << 20) + 999;
@@ -203,7 +198,7 @@ async fn objects_written_by_boto3_read_exactly() {
 /// (ESTALE) instead of mixing versions; a metadata change does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_are_pinned_to_their_version() {
-    let s = store("pinned").await;
+    let (s, _bucket) = store("pinned").await;
     let st: Arc<dyn Store> = s.clone();
     let v1 = conformance::data(6 << 20, 1);
     conformance::put(&st, "img", &v1).await;
@@ -242,7 +237,7 @@ async fn readers_are_pinned_to_their_version() {
 /// is atomic there: checked with the SDK directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rgw_refuses_a_second_conditional_put() {
-    let s = store("conditional").await;
+    let (s, _bucket) = store("conditional").await;
     let c = s.client();
     let b = bucket_of("conditional");
     let put = || {
@@ -263,7 +258,7 @@ async fn rgw_refuses_a_second_conditional_put() {
 /// and never touches a live upload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_collects_abandoned_uploads() {
-    let s = store("gc").await;
+    let (s, _bucket) = store("gc").await;
     let st: Arc<dyn Store> = s.clone();
     let b = bucket_of("gc");
     boto3(format!(
@@ -316,7 +311,7 @@ async fn gc_collects_abandoned_uploads() {
 /// bucket removed under a multipart upload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_commit_returns_the_error() {
-    let s = store("failed-commit").await;
+    let (s, _bucket) = store("failed-commit").await;
     let st: Arc<dyn Store> = s.clone();
     let b = bucket_of("failed-commit");
     let mut up = st.create_upload("img", UploadMode::Replace).await.unwrap();
@@ -357,7 +352,7 @@ async fn dead_server_fails_in_bounded_time() {
 /// `checksum` and `os_hash_value` are registered from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checksums_survive_attribute_changes() {
-    let s = store("sums").await;
+    let (s, _bucket) = store("sums").await;
     let st: Arc<dyn Store> = s.clone();
     conformance::put(&st, "img", &conformance::data(9 << 20, 4)).await;
     st.set_attrs(

@@ -10,15 +10,9 @@ use std::sync::Arc;
 use imagefs::store::Store;
 
 macro_rules! s3s_store {
-    () => {{
-        async {
-            let name = test_name!();
-            let server = s3_common::s3s();
-            tokio::task::spawn_blocking(move || s3_common::store_for(&server, "imagefs-s3s", &name))
-                .await
-                .unwrap() as Arc<dyn Store>
-        }
-    }};
+    () => {
+        s3_common::conformance_store(s3_common::s3s(), "imagefs-s3s", test_name!())
+    };
 }
 
 conformance_tests!(s3s_store!());
@@ -166,6 +160,10 @@ async fn https_with_cacert() {
     tokio::task::spawn_blocking(move || s3_common::fresh_bucket(&s2, "imagefs-s3s-https"))
         .await
         .unwrap();
+    let _guard = s3_common::BucketGuard {
+        server: server.clone(),
+        bucket: "imagefs-s3s-https".into(),
+    };
     let proxy = tls_proxy(&server.endpoint);
     let mut cfg = s3_common::config(&server, "imagefs-s3s-https");
     cfg.host = format!("https://localhost:{}", proxy.port);

@@ -19,14 +19,21 @@ fn peak_rss_kib() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn large_upload_memory_is_bounded() {
     let server = s3_common::rgw();
-    let store = tokio::task::spawn_blocking(move || {
+    let (store, _bucket) = tokio::task::spawn_blocking(move || {
         let bucket = "imagefs-rgw-memory";
         s3_common::fresh_bucket(&server, bucket);
+        let guard = s3_common::BucketGuard {
+            server: server.clone(),
+            bucket: bucket.into(),
+        };
         let mut cfg = s3_common::config(&server, bucket);
         // Glance's defaults: 10 MiB parts, 10 threads.
         cfg.large_object_chunk_size_mb = 10;
         cfg.thread_pools = 10;
-        imagefs::store::s3::S3Store::open("s3", &cfg).unwrap()
+        (
+            imagefs::store::s3::S3Store::open("s3", &cfg).unwrap(),
+            guard,
+        )
     })
     .await
     .unwrap();

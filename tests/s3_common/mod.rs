@@ -10,8 +10,15 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
+use std::time::Duration;
+
+use bytes::Bytes;
 use imagefs::config::{BucketUrlFormat, S3StoreConfig, Secret};
 use imagefs::store::s3::S3Store;
+use imagefs::store::{
+    Capabilities, Leftover, ObjectMeta, Reader, Result, SetAttrs, StatFs, Store, Upload,
+    UploadMode, XattrMode,
+};
 
 /// One S3 server: its endpoint and credentials.
 #[derive(Clone)]
@@ -108,6 +115,24 @@ pub fn boto3(server: &Server, code: &str) -> Vec<u8> {
 
 /// Empties and removes `bucket` if it exists, then creates it empty.
 pub fn fresh_bucket(server: &Server, bucket: &str) {
+    remove_bucket(server, bucket);
+    boto3(server, &format!("S3.create_bucket(Bucket='{bucket}')\n"));
+}
+
+/// Removes a test's bucket when the test ends (passed or not).
+pub struct BucketGuard {
+    pub server: Server,
+    pub bucket: String,
+}
+
+impl Drop for BucketGuard {
+    fn drop(&mut self) {
+        remove_bucket(&self.server, &self.bucket);
+    }
+}
+
+/// Aborts the uploads in `bucket`, deletes its objects and the bucket.
+pub fn remove_bucket(server: &Server, bucket: &str) {
     boto3(
         server,
         &format!(
@@ -128,17 +153,111 @@ pub fn fresh_bucket(server: &Server, bucket: &str) {
              \x20   S3.delete_bucket(Bucket=b)\n\
              except botocore.exceptions.ClientError as e:\n\
              \x20   if e.response['Error']['Code'] != 'NoSuchBucket':\n\
-             \x20       raise\n\
-             S3.create_bucket(Bucket=b)\n"
+             \x20       raise\n"
         ),
     );
 }
 
-/// A store on a fresh bucket of `server` named after `case`.
-pub fn store_for(server: &Server, prefix: &str, case: &str) -> Arc<S3Store> {
+/// A store on a fresh bucket of `server` named after `case`, and the
+/// guard that removes the bucket.
+pub fn store_for(server: &Server, prefix: &str, case: &str) -> (Arc<S3Store>, BucketGuard) {
     let bucket = format!("{prefix}-{}", case.replace('_', "-"));
     fresh_bucket(server, &bucket);
-    Arc::new(S3Store::open("s3", &config(server, &bucket)).unwrap())
+    let store = Arc::new(S3Store::open("s3", &config(server, &bucket)).unwrap());
+    let guard = BucketGuard {
+        server: server.clone(),
+        bucket,
+    };
+    (store, guard)
+}
+
+/// A store whose bucket goes when the store does (the conformance cases
+/// take the store and drop it at their end).
+pub struct Guarded {
+    pub store: Arc<S3Store>,
+    pub _guard: BucketGuard,
+}
+
+#[async_trait::async_trait]
+impl Store for Guarded {
+    fn name(&self) -> &str {
+        self.store.name()
+    }
+    fn type_name(&self) -> &'static str {
+        self.store.type_name()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.store.capabilities()
+    }
+    fn location(&self, id: &str) -> String {
+        self.store.location(id)
+    }
+    async fn root_attrs(&self) -> Result<Option<ObjectMeta>> {
+        self.store.root_attrs().await
+    }
+    async fn set_root_attrs(&self, a: &SetAttrs) -> Result<()> {
+        self.store.set_root_attrs(a).await
+    }
+    async fn list(&self) -> Result<Vec<ObjectMeta>> {
+        self.store.list().await
+    }
+    async fn head(&self, id: &str) -> Result<ObjectMeta> {
+        self.store.head(id).await
+    }
+    async fn read(&self, id: &str, offset: u64, len: u32) -> Result<Bytes> {
+        self.store.read(id, offset, len).await
+    }
+    async fn open_reader(&self, id: &str) -> Result<Option<Arc<dyn Reader>>> {
+        self.store.open_reader(id).await
+    }
+    async fn create_upload(&self, id: &str, mode: UploadMode) -> Result<Box<dyn Upload>> {
+        self.store.create_upload(id, mode).await
+    }
+    async fn delete(&self, id: &str) -> Result<()> {
+        self.store.delete(id).await
+    }
+    async fn rename(&self, from: &str, to: &str, replace: bool) -> Result<()> {
+        self.store.rename(from, to, replace).await
+    }
+    async fn copy(&self, from: &str, to: &str) -> Result<()> {
+        self.store.copy(from, to).await
+    }
+    async fn set_attrs(&self, id: &str, a: &SetAttrs) -> Result<()> {
+        self.store.set_attrs(id, a).await
+    }
+    async fn get_xattr(&self, id: &str, name: &str) -> Result<Vec<u8>> {
+        self.store.get_xattr(id, name).await
+    }
+    async fn list_xattrs(&self, id: &str) -> Result<Vec<String>> {
+        self.store.list_xattrs(id).await
+    }
+    async fn set_xattr(&self, id: &str, name: &str, v: &[u8], m: XattrMode) -> Result<()> {
+        self.store.set_xattr(id, name, v, m).await
+    }
+    async fn remove_xattr(&self, id: &str, name: &str) -> Result<()> {
+        self.store.remove_xattr(id, name).await
+    }
+    async fn statfs(&self) -> Result<StatFs> {
+        self.store.statfs().await
+    }
+    async fn gc(&self, older_than: Duration, dry_run: bool) -> Result<Vec<Leftover>> {
+        self.store.gc(older_than, dry_run).await
+    }
+}
+
+/// A conformance store on a fresh bucket, removed when the case ends.
+pub async fn conformance_store(
+    server: Server,
+    prefix: &'static str,
+    case: String,
+) -> Arc<dyn Store> {
+    let (store, guard) = tokio::task::spawn_blocking(move || store_for(&server, prefix, &case))
+        .await
+        .unwrap();
+    Arc::new(Guarded {
+        store,
+        _guard: guard,
+    })
 }
 
 /// The name of the test function this is expanded in.
