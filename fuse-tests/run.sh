@@ -1220,7 +1220,7 @@ done
 # fsx: about 1 op in 14 (close/open, fsync, fdatasync, msync) commits a new
 # version; on stores whose commit is a copy-on-write snapshot and name swap
 # (rbd: 0.2-1 s each) 100,000 ops would take hours, so they run fewer.
-if [ "$STORE_TYPE" = file ]; then fsx_full=50000; fsx_quick=10000; else fsx_full=2500; fsx_quick=1000; fi
+if [ "$STORE_TYPE" = file ]; then fsx_full=50000; fsx_quick=10000; else fsx_full=1500; fsx_quick=1000; fi
 if [ $QUICK = 1 ]; then
     BIG64=8M; BIG64_BYTES=$((8 << 20)); BIG256=32M; FSX_OPS=${FSX_OPS:-$fsx_quick}
 else
