@@ -85,6 +85,8 @@ pub async fn copy(
                     .set_parts(Some(parts))
                     .build(),
             )
+            .customize()
+            .config_override(slow())
             .send()
             .await
             .map(|_| ())
@@ -104,9 +106,11 @@ pub async fn copy(
     r
 }
 
-/// Timeouts of copies: the server answers only once the copy is done
-/// (minutes for GiBs on a busy server), so no byte for a while is normal.
-fn slow() -> aws_sdk_s3::config::Builder {
+/// Timeouts of copies and of CompleteMultipartUpload: the server answers
+/// only once the copy or the assembly is done (RGW took over 30 s to
+/// complete a 2 GiB upload of 205 parts on a loaded machine), so no byte
+/// for a while is normal.
+pub(crate) fn slow() -> aws_sdk_s3::config::Builder {
     aws_sdk_s3::config::Builder::default().timeout_config(
         aws_sdk_s3::config::timeout::TimeoutConfig::builder()
             .read_timeout(super::client::COPY_TIMEOUT)

@@ -367,6 +367,8 @@ impl S3Upload {
                     .set_parts(Some(parts))
                     .build(),
             )
+            .customize()
+            .config_override(copy::slow())
             .send()
             .await
             .map_err(|e| s3err(e).into_store(&self.id))?;
