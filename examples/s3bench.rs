@@ -125,7 +125,7 @@ async fn put(path: &str, bucket: &str, key: &str) -> Res<()> {
         .upload_id()
         .ok_or("no upload id")?
         .to_string();
-    let in_flight = THREAD_POOLS.min(IN_FLIGHT_BYTES / PART).max(1) as usize;
+    let in_flight = (IN_FLIGHT_BYTES / PART).clamp(1, THREAD_POOLS) as usize;
     let mut tasks: JoinSet<Res<CompletedPart>> = JoinSet::new();
     let mut parts = Vec::new();
     let mut num = 1;
