@@ -1325,7 +1325,8 @@ s3_check_mtimes() { # run dir: every object shows the stored mtime (stat), and r
     ((run == 1)) || return 0
     dst="$WORK/rsync-check"
     mkdir -p "$dst"
-    find "$dir" -maxdepth 1 -type f -print0 | head -z -n 20 | xargs -0 -I{} rsync -a {} "$dst/" ||
+    # (sed, not head: with pipefail, find stopped by SIGPIPE would fail the pipeline; ids have no blanks)
+    find "$dir" -maxdepth 1 -type f -printf '%f\n' | sed -n '1,20p' | xargs -I{} rsync -a "$dir/{}" "$dst/" ||
         die "imagefs: rsync -a of listing objects failed"
     bad=$(find "$dst" -type f -printf '%T@\n' | awk -v t="$LS_MTIME" '$1 + 0 != t' | wc -l)
     RSYNC_CHECK="rsync -a of 20 objects to a local directory: $((20 - bad)) of 20 copies have mtime @$LS_MTIME"
