@@ -6,7 +6,10 @@
 #   scripts/bench.sh rbd  [--sizes-gib 1,4 | --sizes-mib N,M] [--runs 3]
 #                         [--systems rbd-direct,imagefs,rbd-fuse] [--ceph-conf FILE]
 #                         [--pool images] [--user glance]
-#   both: [--out BENCHMARKS.md] [--binary target/release/imagefs] [--workdir /var/tmp] [--keep]
+#   scripts/bench.sh s3   [--sizes-gib 1,4 | --sizes-mib N,M] [--runs 3] [--rss-mib 8192]
+#                         [--ls-files 2000] [--systems sdk-direct,imagefs,imagefs-nosum,rclone,s3fs]
+#                         [--s3-env FILE] [--s3bench target/release/examples/s3bench] [--ceph-conf FILE]
+#   all: [--out BENCHMARKS.md] [--binary target/release/imagefs] [--workdir /var/tmp] [--keep]
 #   (--systems may also name imagefs-nosum: imagefs with [mount] checksums = false;
 #   for rbd also rbd-fuse-bw: rbd-fuse -o big_writes)
 #
@@ -53,6 +56,33 @@
 # Needs root (drop_caches, FUSE), fusermount3, python3 (file: rclone; rbd: rbd,
 # ceph, rbd-fuse). Every mount and daemon it starts is stopped by mountpoint and
 # PID on exit, also on failure, and every RBD image it made is removed.
+#
+# Suite `s3`: sequential write and read of each SIZE (default 1 and 4 GiB) of
+# the same random data, one bucket per run, on the S3 server of S3_ENV (default:
+# the RGW of scripts/ceph.sh, started with --rgw if needed; S3_ENDPOINT,
+# S3_ACCESS_KEY, S3_SECRET_KEY), through
+#   sdk-direct     examples/s3bench (build: cargo build --release --example s3bench):
+#                  the SDK client of the S3 store without FUSE; `put` = multipart
+#                  upload with imagefs's default parts (10 MiB, 6 in flight), `get` =
+#                  4 MiB ranged GETs, 8 in flight (imagefs's read-ahead) (the baseline)
+#   imagefs        `imagefs mount` of one s3 store on the bucket
+#   imagefs-nosum  the same with `[mount] checksums = false`
+#   rclone         `rclone mount rgw:BUCKET MNT --vfs-cache-mode off` (config file
+#                  in the work dir, mode 0600; cache off streams reads and writes)
+#   s3fs           `s3fs BUCKET MNT -f -o passwd_file=...,url=...,use_path_request_style`
+# Writes: `dd bs=4M conv=fsync` into the mount, timed until dd returned and a HEAD
+# shows the object at full size. Reads: caches dropped (the kernel's and, with the
+# local RGW, the OSD's), `dd bs=4M` of an object written by `s3bench put` to
+# /dev/null. Each FUSE system is mounted afresh for each turn (write + read); CPU =
+# the daemon's utime+stime, for s3bench its own user+sys; peak RSS as in rbd. In
+# run 1 the first size's writes and reads are compared with the source (untimed).
+# Then the imagefs daemon's peak RSS during one write of RSS_MIB (default 8192;
+# the largest source repeated through a pipe), and `ls -l` of LS_FILES (default
+# 2000) objects of 1 KiB, cold (fresh mount, caches dropped) and warm, against
+# `s3bench list` (ListObjectsV2, every page); the objects get a known mtime
+# through imagefs first (`touch -d`), checked after remounting with stat and
+# `rsync -a`. With the local RGW, deleted data is reclaimed after each size
+# (`radosgw-admin gc process --include-all`); every bucket it made is removed.
 set -Eeuo pipefail
 
 # ---------------------------------------------------------------- options
@@ -69,9 +99,13 @@ CEPH_CONF_FILE="${CEPH_CONF:-/var/tmp/imagefs-backends/ceph/ceph.conf}"
 POOL=images
 RBD_USER=glance
 STORE=fast
+RSS_MIB=8192
+S3_ENV_FILE=/var/tmp/imagefs-backends/ceph/rgw.env
+S3BENCH=target/release/examples/s3bench
+LS_FILES_SET=0
 
 usage() {
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-2}"
 }
 die() { echo "bench: error: $*" >&2; exit 1; }
@@ -83,9 +117,9 @@ to_mib() { # unit-in-MiB list -> comma-separated whole MiB
 
 [[ $# -ge 1 ]] || usage
 case "$1" in
-    file|rbd) SUITE=$1; shift ;;
+    file|rbd|s3) SUITE=$1; shift ;;
     -h|--help) usage 0 ;;
-    *) die "unknown suite '$1' (known: file, rbd)" ;;
+    *) die "unknown suite '$1' (known: file, rbd, s3)" ;;
 esac
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -95,7 +129,10 @@ while [[ $# -gt 0 ]]; do
         --out) OUT=$2; shift 2 ;;
         --binary) BINARY=$2; shift 2 ;;
         --workdir) WORKDIR_PARENT=$2; shift 2 ;;
-        --ls-files) LS_FILES=$2; shift 2 ;;
+        --ls-files) LS_FILES=$2; LS_FILES_SET=1; shift 2 ;;
+        --rss-mib) RSS_MIB=$2; shift 2 ;;
+        --s3-env) S3_ENV_FILE=$2; shift 2 ;;
+        --s3bench) S3BENCH=$2; shift 2 ;;
         --systems) SYSTEMS=$2; shift 2 ;;
         --ceph-conf) CEPH_CONF_FILE=$2; shift 2 ;;
         --pool) POOL=$2; shift 2 ;;
@@ -110,15 +147,19 @@ case $SUITE in
           : "${SYSTEMS:=raw,imagefs,rclone-off,rclone-writes}" "${SIZES:=4096}" ;;
     rbd) BASELINE=rbd-direct; ALL_SYSTEMS=(rbd-direct imagefs imagefs-nosum rbd-fuse rbd-fuse-bw)
           : "${SYSTEMS:=rbd-direct,imagefs,rbd-fuse}" "${SIZES:=1024,4096}" ;;
+    s3) BASELINE=sdk-direct; ALL_SYSTEMS=(sdk-direct imagefs imagefs-nosum rclone s3fs)
+          : "${SYSTEMS:=sdk-direct,imagefs,imagefs-nosum,rclone,s3fs}" "${SIZES:=1024,4096}"
+          ((LS_FILES_SET)) || LS_FILES=2000 ;;
 esac
 IFS=, read -r -a SIZES_MIB <<<"$SIZES"
 for m in "${SIZES_MIB[@]}"; do
     [[ $m =~ ^[0-9]+$ && $m -gt 0 ]] || die "sizes must be positive whole numbers of MiB (got '$SIZES')"
 done
-[[ $SUITE == rbd || ${#SIZES_MIB[@]} -eq 1 ]] || die "the file suite takes one size"
+[[ $SUITE != file || ${#SIZES_MIB[@]} -eq 1 ]] || die "the file suite takes one size"
 SIZE_MIB=${SIZES_MIB[0]}
 [[ $RUNS =~ ^[0-9]+$ && $RUNS -gt 0 ]] || die "--runs must be a positive integer"
 [[ $LS_FILES =~ ^[0-9]+$ ]] || die "--ls-files must be an integer (0 skips the listing test)"
+[[ $RSS_MIB =~ ^[0-9]+$ ]] || die "--rss-mib must be an integer of MiB (0 skips the RSS test)"
 
 declare -A WANT=()
 IFS=, read -r -a _systems <<<"$SYSTEMS"
@@ -167,6 +208,29 @@ if [[ $SUITE == rbd ]]; then
     [[ -r $CEPH_CONF_FILE ]] || die "ceph config $CEPH_CONF_FILE not readable"
     "${RBD[@]}" ls "$POOL" >/dev/null || die "cannot list pool $POOL with $CEPH_CONF_FILE"
 fi
+RGW_LOCAL=0 # the S3 server is the RGW of CEPH_CONF_FILE: drop the OSD's caches, reclaim deleted data
+if [[ $SUITE == s3 ]]; then
+    [[ -x /usr/bin/time ]] || die "/usr/bin/time not found (package time)"
+    if [[ -n ${WANT[rclone]:-} ]]; then command -v rclone >/dev/null || die "rclone not found"; fi
+    if [[ -n ${WANT[s3fs]:-} ]]; then command -v s3fs >/dev/null || die "s3fs not found (package s3fs)"; fi
+    [[ -x $S3BENCH ]] || die "s3bench '$S3BENCH' not found (cargo build --release --example s3bench, or pass --s3bench)"
+    S3BENCH=$(readlink -f "$S3BENCH")
+    if [[ $S3_ENV_FILE == /var/tmp/imagefs-backends/ceph/rgw.env ]]; then
+        bash "$REPO_ROOT/scripts/ceph.sh" up --rgw >&2 || die "scripts/ceph.sh up --rgw failed"
+    fi
+    [[ -r $S3_ENV_FILE ]] || die "S3 env file $S3_ENV_FILE not readable"
+    for v in S3_ENDPOINT S3_ACCESS_KEY S3_SECRET_KEY; do
+        val=$(sed -n "s/^$v=//p" "$S3_ENV_FILE" | tail -1)
+        [[ -n $val ]] || die "$S3_ENV_FILE has no $v"
+        export "$v=$val"
+    done
+    unset val
+    [[ $S3_ENDPOINT == http*://* ]] || die "S3_ENDPOINT in $S3_ENV_FILE is not an http(s) URL"
+    if [[ -r $CEPH_CONF_FILE ]] && command -v radosgw-admin >/dev/null && command -v ceph >/dev/null &&
+        [[ $(dirname "$S3_ENV_FILE") == "$(dirname "$CEPH_CONF_FILE")" ]]; then
+        RGW_LOCAL=1
+    fi
+fi
 
 # ---------------------------------------------------------------- cleanup
 WORK=""
@@ -177,6 +241,7 @@ declare -A PID_COMM=()    # pid -> "child" (our own child: its pid cannot be reu
                           # before we reap it) or the /proc/PID/comm it had when
                           # we learnt it (a detached daemon: never signal a reused pid)
 declare -A RBD_IMAGES=()  # RBD image ids we created (or had a system create)
+declare -A BUCKETS=()     # S3 buckets we created
 
 is_mounted() { awk -v m="$1" '$2 == m { f = 1 } END { exit !f }' /proc/mounts; }
 
@@ -260,6 +325,7 @@ cleanup() {
         for i in $(rbd_leftovers "${!RBD_IMAGES[@]}"); do RBD_IMAGES[$i]=1; done
         for i in "${!RBD_IMAGES[@]}"; do rbd_remove "$i"; done
     fi
+    for i in "${!BUCKETS[@]}"; do s3_rb "$i"; done
     for i in "${SRCS[@]}"; do rm -f "$i"; done
     if [[ -n $WORK && -d $WORK ]]; then
         if grep -q " $WORK/" /proc/mounts; then
@@ -289,10 +355,10 @@ cpu_ticks() { # utime + stime of a pid, in clock ticks (fields 14 and 15 of /pro
     echo $((f[11] + f[12]))
 }
 
-drop_caches() { # the kernel's; with the rbd suite also the OSDs' (bluestore onodes and buffers)
+drop_caches() { # the kernel's; with the rbd suite (s3: the local RGW) also the OSDs' (bluestore onodes and buffers)
     sync
     echo 3 >/proc/sys/vm/drop_caches
-    if [[ $SUITE == rbd ]]; then "${CEPH[@]}" tell 'osd.*' cache drop >/dev/null 2>&1 || die "ceph tell osd.* cache drop failed"; fi
+    if [[ $SUITE == rbd || $RGW_LOCAL -eq 1 ]]; then "${CEPH[@]}" tell 'osd.*' cache drop >/dev/null 2>&1 || die "ceph tell osd.* cache drop failed"; fi
 }
 
 file_size() { stat -c %s "$1" 2>/dev/null || echo -1; }
@@ -340,11 +406,12 @@ run_dd() { # system if of bs conv: dd, its report in $WORK/dd.log, dies on failu
     [[ -n $5 ]] && conv=("conv=$5")
     dd if="$2" of="$3" bs="$4" "${conv[@]}" 2>"$WORK/dd.log" || { cat "$WORK/dd.log" >&2; die "$s: dd if=$2 of=$3 failed"; }
 }
-timed_dd() { # system pid if of bs conv: run_dd, timed; sets EL (s), TICKS and CPU_S (the pid's CPU over it)
-    local c0 c1 t0 t1
+timed_dd() { # system pid if of bs conv [command...]: run_dd (then the command, inside the timing),
+    local c0 c1 t0 t1  # timed; sets EL (s), TICKS and CPU_S (the pid's CPU over it)
     c0=$(cpu_ticks "$2")
     t0=$EPOCHREALTIME
     run_dd "$1" "$3" "$4" "$5" "$6"
+    if (($# > 6)); then "${@:7}"; fi
     t1=$EPOCHREALTIME
     c1=$(cpu_ticks "$2")
     EL=$(elapsed "$t0" "$t1")
@@ -406,7 +473,9 @@ mount_imagefs() { # system (imagefs|imagefs-nosum) mountpoint store-toml
     conf="$base.toml" pidf="$base.pid"
     printf '%s%s' "$extra" "$3" >"$conf"
     rm -f "$pidf"
-    [[ -n ${CMD[$sys]:-} ]] || CMD[$sys]="$BINARY mount $mnt --config $conf --pid-file $pidf --log-file $base.daemon.log   # $conf: $(tr '\n' ' ' <"$conf")"
+    chmod 600 "$conf"
+    # (the report shows the config without the S3 keys)
+    [[ -n ${CMD[$sys]:-} ]] || CMD[$sys]="$BINARY mount $mnt --config $conf --pid-file $pidf --log-file $base.daemon.log   # $conf: $(sed -E 's/^((access|secret)_key = ).*/\1"***"/' "$conf" | tr '\n' ' ')"
     if ! timeout 60 "$BINARY" mount "$mnt" --config "$conf" --pid-file "$pidf" \
         --log-file "$base.daemon.log" >"$base.log" 2>&1; then
         cat "$base.log" >&2
@@ -761,11 +830,13 @@ glance_snap() { # id: the snapshot Glance makes of every image it stores (untime
     "${RBD[@]}" snap protect "$POOL/$1@snap" 2>/dev/null || die "rbd snap protect $POOL/$1@snap failed"
 }
 
-timed_rbd() { # rbd arguments...: runs rbd under /usr/bin/time; sets EL, CPU_S (user+sys) and RSS_KB
+timed_rbd() { timed_cmd "${RBD[@]}" "$@"; }
+
+timed_cmd() { # command...: runs it under /usr/bin/time; sets EL, CPU_S (user+sys) and RSS_KB
     local t0 t1 u sy m
     t0=$EPOCHREALTIME
-    /usr/bin/time -f '%U %S %M' -o "$WORK/time.out" "${RBD[@]}" "$@" 2>"$WORK/rbd.err" ||
-        { grep -v asok "$WORK/rbd.err" >&2; die "rbd $* failed"; }
+    /usr/bin/time -f '%U %S %M' -o "$WORK/time.out" "$@" 2>"$WORK/cmd.err" ||
+        { grep -v asok "$WORK/cmd.err" >&2; die "$(basename "$1") ${*:2} failed"; }
     t1=$EPOCHREALTIME
     read -r u sy m < <(tail -1 "$WORK/time.out")
     EL=$(elapsed "$t0" "$t1")
@@ -883,11 +954,12 @@ rbd_turn() { # system run MiB read-id: one system's write and read
     fi
 }
 
-fuse_write() { # system run MiB path pid conv
-    local s=$1 run=$2 mib=$3 path=$4 pid=$5
+fuse_write() { # system run MiB path pid conv [command...: after dd, inside the timing]
+    local s=$1 run=$2 mib=$3 path=$4 pid=$5 conv=$6
+    shift 6
     warm_source "${SRC_OF[$mib]}"
     rss_begin "$pid"
-    timed_dd "$s" "$pid" "${SRC_OF[$mib]}" "$path" 4M "$6"
+    timed_dd "$s" "$pid" "${SRC_OF[$mib]}" "$path" 4M "$conv" "$@"
     rss_end "$pid"
     record_transfer write "$s" "$run" "$mib"
 }
@@ -990,10 +1062,438 @@ print("%s on %s, %s (%s), %d GiB" % (d.get("osd_objectstore"), d.get("bluestore_
     echo '```'
 }
 
+# ================================================================ suite s3
+S3_STORE=s3          # the store's name in the imagefs config (its directory in the mount)
+LS_MTIME=1600000000  # the mtime the listing objects get through imagefs (2020-09-13 12:26:40 UTC)
+
+s3_bucket() { # name: create it (and remember it for cleanup)
+    BUCKETS[$1]=1
+    "$S3BENCH" mb "$1" 2>"$WORK/s3bench.err" || { cat "$WORK/s3bench.err" >&2; die "cannot create bucket $1"; }
+}
+
+s3_rb() { # bucket: empty (objects, multipart uploads) and remove it; a bucket already gone is fine
+    if "$S3BENCH" rb "$1" 2>"$WORK/s3bench.err" || grep -q NoSuchBucket "$WORK/s3bench.err"; then
+        unset 'BUCKETS[$1]'
+        return 0
+    fi
+    log "could not remove bucket $1: $(tail -1 "$WORK/s3bench.err")"
+    return 1
+}
+
+s3_rm() { # bucket key
+    "$S3BENCH" rm "$1" "$2" 2>"$WORK/s3bench.err" || { cat "$WORK/s3bench.err" >&2; die "cannot delete $1/$2"; }
+}
+
+s3_size() { "$S3BENCH" head "$1" "$2" 2>/dev/null || echo -1; } # bucket key -> bytes (-1: none)
+
+wait_object() { # bucket key bytes: until a HEAD shows the object at full size (up to 60 s without progress)
+    local b=$1 key=$2 bytes=$3 size last=-2 since=$EPOCHREALTIME
+    while :; do
+        size=$(s3_size "$b" "$key")
+        [[ $size -eq $bytes ]] && return 0
+        if [[ $size != "$last" ]]; then last=$size since=$EPOCHREALTIME; fi
+        awk -v a="$since" -v b="$EPOCHREALTIME" 'BEGIN { exit !(b - a > 60) }' &&
+            die "object $b/$key has been at $size bytes for 60 s after the write, expected $bytes"
+        sleep 0.05
+    done
+}
+
+s3_verify() { # system what bucket key source bytes: content check through the SDK (not timed)
+    "$S3BENCH" get "$3" "$4" --out - 2>/dev/null | cmp -s -n "$6" - "$5" ||
+        die "$1: $2: object $3/$4 differs from the source data"
+}
+
+rgw_gc() { # with the local RGW: reclaim the data of deleted objects now (RGW's gc waits 2 h otherwise)
+    ((RGW_LOCAL)) || return 0
+    timeout 900 radosgw-admin -c "$CEPH_CONF_FILE" gc process --include-all >/dev/null 2>"$WORK/gc.err" ||
+        note "radosgw-admin gc process failed: $(grep -v asok "$WORK/gc.err" | tail -1)"
+}
+
+rgw_avail_mib() { # MiB the RGW data pool may still take
+    "${CEPH[@]}" df --format json 2>/dev/null | python3 -c '
+import json, sys
+for p in json.load(sys.stdin)["pools"]:
+    if p["name"].endswith("rgw.buckets.data"): print(p["stats"]["max_avail"] >> 20)'
+}
+
+s3_store_toml() { # bucket -> the imagefs store config (defaults for part size and parallelism)
+    printf '[stores.%s]\ntype = "s3"\nhost = "%s"\naccess_key = "%s"\nsecret_key = "%s"\nbucket = "%s"\n' \
+        "$S3_STORE" "$S3_ENDPOINT" "$S3_ACCESS_KEY" "$S3_SECRET_KEY" "$1"
+}
+
+s3_mount() { # system mountpoint bucket -> DIR (where the objects are) and MOUNTED_PID
+    local s=$1 mnt=$2 b=$3
+    case $s in
+        imagefs*)
+            mount_imagefs "$s" "$mnt" "$(s3_store_toml "$b")"
+            DIR="$mnt/$S3_STORE"
+            ;;
+        rclone)
+            # (rclone's AWS SDK fails on an AWS_CA_BUNDLE in the environment: "unsupported transport")
+            mount_child rclone "$mnt" "$WORK/rclone-$(basename "$mnt").log" \
+                env -u AWS_CA_BUNDLE rclone mount "rgw:$b" "$mnt" --config "$RCLONE_CONF" --vfs-cache-mode off \
+                --cache-dir "$WORK/rclone-cache"
+            DIR=$mnt
+            ;;
+        s3fs)
+            mount_child s3fs "$mnt" "$WORK/s3fs-$(basename "$mnt").log" \
+                s3fs "$b" "$mnt" -f -o "passwd_file=$S3FS_PASSWD,url=$S3_ENDPOINT,use_path_request_style"
+            DIR=$mnt
+            ;;
+    esac
+    [[ -d $DIR ]] || die "$s: $DIR does not exist in the mount"
+}
+
+suite_s3() {
+    local mib max=0 need avail run n k rid b
+    for mib in "${SIZES_MIB[@]}"; do ((mib > max)) && max=$mib; done
+    n=${#ORDER[@]}
+    if ((RGW_LOCAL)); then
+        log "reclaiming the data of deleted RGW objects (radosgw-admin gc process --include-all)"
+        rgw_gc
+        # At most: one read object and every system's write of the largest
+        # size (deleted but not reclaimed until the size is done); the RSS write.
+        need=$(((n + 1) * max + 1024))
+        ((RSS_MIB + 1024 > need)) && need=$((RSS_MIB + 1024))
+        avail=$(rgw_avail_mib)
+        ((${avail:-0} > need)) || die "the RGW data pool has ${avail:-?} MiB available, need $need MiB"
+    fi
+    for mib in "${SIZES_MIB[@]}"; do
+        make_source "$mib"
+        SRC_OF[$mib]=$SOURCE
+    done
+    RCLONE_CONF="$WORK/rclone.conf" S3FS_PASSWD="$WORK/s3fs.passwd"
+    (
+        umask 077
+        printf '[rgw]\ntype = s3\nprovider = Ceph\nendpoint = %s\naccess_key_id = %s\nsecret_access_key = %s\n' \
+            "$S3_ENDPOINT" "$S3_ACCESS_KEY" "$S3_SECRET_KEY" >"$RCLONE_CONF"
+        printf '%s:%s\n' "$S3_ACCESS_KEY" "$S3_SECRET_KEY" >"$S3FS_PASSWD"
+    )
+    BUCKET_PREFIX="imagefs-bench-$(date +%s)-$$"
+
+    for ((run = 1; run <= RUNS; run++)); do
+        b="$BUCKET_PREFIX-r$run"
+        s3_bucket "$b"
+        for mib in "${SIZES_MIB[@]}"; do
+            log "run $run/$RUNS, $mib MiB, bucket $b"
+            # The object every system reads in this run, written as a Glance
+            # upload would be (multipart, no imagefs metadata).
+            rid=$(uuid)
+            "$S3BENCH" put "${SRC_OF[$mib]}" "$b" "$rid" 2>"$WORK/s3bench.err" ||
+                { cat "$WORK/s3bench.err" >&2; die "s3bench put of the read object failed"; }
+            # Each run starts one system further down the list.
+            for ((k = 0; k < n; k++)); do
+                s3_turn "${ORDER[(k + run - 1) % n]}" "$run" "$mib" "$b" "$rid"
+            done
+            s3_rm "$b" "$rid"
+            rgw_gc
+        done
+        s3_rb "$b" || die "could not remove bucket $b"
+    done
+    s3_rss
+    for mib in "${SIZES_MIB[@]}"; do rm -f "${SRC_OF[$mib]}"; done
+    s3_listing
+    rgw_gc
+    s3_report >"$WORK/report.md"
+}
+
+s3_turn() { # system run MiB bucket read-key: one system's write and read
+    local s=$1 run=$2 mib=$3 b=$4 rid=$5 bytes=$(($3 * 1048576)) src=${SRC_OF[$3]} wid check=0 mnt pid
+    wid=$(uuid)
+    ((run == 1 && mib == SIZES_MIB[0])) && check=1
+    if [[ $s == sdk-direct ]]; then
+        CMD[$s]="$S3BENCH put SRC BUCKET <uuid>; $S3BENCH get BUCKET <read-uuid>   # under /usr/bin/time -f '%U %S %M'"
+        warm_source "$src"
+        timed_cmd "$S3BENCH" put "$src" "$b" "$wid"
+        record_transfer write "$s" "$run" "$mib"
+        [[ $(s3_size "$b" "$wid") -eq $bytes ]] || die "$s: $b/$wid does not have $bytes bytes after the write"
+        ((check)) && s3_verify "$s" write "$b" "$wid" "$src" "$bytes"
+        s3_rm "$b" "$wid"
+        drop_caches
+        cat "$S3BENCH" >/dev/null # its own binary is not part of the read
+        timed_cmd "$S3BENCH" get "$b" "$rid"
+        record_transfer read "$s" "$run" "$mib"
+        ((check)) && s3_verify "$s" read "$b" "$rid" "$src" "$bytes"
+        return 0
+    fi
+    mnt="$WORK/mnt-$s-$run-$mib"
+    s3_mount "$s" "$mnt" "$b"
+    pid=$MOUNTED_PID
+    fuse_write "$s" "$run" "$mib" "$DIR/$wid" "$pid" fsync wait_object "$b" "$wid" "$bytes"
+    ((check)) && s3_verify "$s" write "$b" "$wid" "$src" "$bytes"
+    fuse_read "$s" "$run" "$mib" "$DIR/$rid" "$pid"
+    ((check)) && { cmp -s -n "$bytes" "$DIR/$rid" "$src" || die "$s: read: $DIR/$rid differs from the source data"; }
+    unmount "$mnt"
+    s3_rm "$b" "$wid"
+}
+
+s3_rss() { # the imagefs daemons' peak RSS during one write of RSS_MIB
+    ((RSS_MIB > 0)) || return 0
+    local s b mnt pid id bytes=$((RSS_MIB * 1048576)) src copies max=0 mib c0 c1 t0 t1 k
+    for mib in "${SIZES_MIB[@]}"; do ((mib > max)) && max=$mib; done
+    src=${SRC_OF[$max]}
+    copies=$(((RSS_MIB + max - 1) / max))
+    for s in imagefs imagefs-nosum; do
+        [[ -n ${WANT[$s]:-} ]] || continue
+        log "$s: one write of $RSS_MIB MiB (peak RSS)"
+        b="$BUCKET_PREFIX-rss"
+        s3_bucket "$b"
+        mnt="$WORK/mnt-$s-rss"
+        s3_mount "$s" "$mnt" "$b"
+        pid=$MOUNTED_PID
+        id=$(uuid)
+        warm_source "$src"
+        rss_begin "$pid"
+        c0=$(cpu_ticks "$pid")
+        t0=$EPOCHREALTIME
+        # The largest source $copies times, cut at RSS_MIB (a cat that head
+        # stops early is not an error).
+        { for ((k = 0; k < copies; k++)); do cat "$src" 2>/dev/null || true; done; } | head -c "$bytes" |
+            dd of="$DIR/$id" bs=4M iflag=fullblock conv=fsync 2>"$WORK/dd.log" ||
+            { cat "$WORK/dd.log" >&2; die "$s: the $RSS_MIB MiB write failed"; }
+        wait_object "$b" "$id" "$bytes"
+        t1=$EPOCHREALTIME
+        c1=$(cpu_ticks "$pid")
+        rss_end "$pid"
+        EL=$(elapsed "$t0" "$t1")
+        record rss_write "$s" 1 "$(mbps "$bytes" "$EL")"
+        record rss_write_cpu "$s" 1 "$(cpu_per_gib $((c1 - c0)) "$bytes")"
+        record rss_mib "$s" 1 "$(awk -v k="$RSS_KB" 'BEGIN { print k / 1024 }')"
+        log "  $s: $RSS_MIB MiB at $(mbps "$bytes" "$EL") MB/s, peak RSS $((RSS_KB / 1024)) MiB"
+        unmount "$mnt"
+        s3_rb "$b" || die "could not remove bucket $b"
+        rgw_gc
+    done
+}
+
+s3_listing() { # ls -l of LS_FILES objects, cold and warm, per system, against ListObjectsV2
+    LS_SYSTEMS=()
+    ((LS_FILES > 0)) || return 0
+    local b="$BUCKET_PREFIX-ls" run s mnt pid t0 t1 cnt api label
+    s3_bucket "$b"
+    log "creating $LS_FILES objects of 1 KiB in bucket $b"
+    "$S3BENCH" fill "$b" "$LS_FILES" 1024 2>"$WORK/s3bench.err" || { cat "$WORK/s3bench.err" >&2; die "s3bench fill failed"; }
+    LS_SYSTEMS=(sdk-direct)
+    if [[ -n ${WANT[imagefs]:-} ]]; then
+        LS_SYSTEMS+=(imagefs)
+        # A known mtime on every object, set through imagefs (kept in its metadata).
+        mnt="$WORK/ls-imagefs-touch"
+        s3_mount imagefs "$mnt" "$b"
+        log "  touch -d @$LS_MTIME on every object through imagefs"
+        find "$DIR" -maxdepth 1 -type f -print0 | xargs -0 -P 8 -n 50 touch -d "@$LS_MTIME" ||
+            die "imagefs: touch -d of the listing objects failed"
+        unmount "$mnt"
+    fi
+    if [[ -n ${WANT[rclone]:-} ]]; then LS_SYSTEMS+=(rclone); fi
+    if [[ -n ${WANT[s3fs]:-} ]]; then LS_SYSTEMS+=(s3fs); fi
+    for ((run = 1; run <= RUNS; run++)); do
+        log "ls -l run $run/$RUNS"
+        for s in "${LS_SYSTEMS[@]}"; do
+            if [[ $s == sdk-direct ]]; then
+                drop_caches
+                cat "$S3BENCH" >/dev/null # its own binary is not part of the listing
+                for label in cold warm; do
+                    t0=$EPOCHREALTIME
+                    cnt=$("$S3BENCH" list "$b" 2>"$WORK/s3bench.err") || { cat "$WORK/s3bench.err" >&2; die "s3bench list failed"; }
+                    t1=$EPOCHREALTIME
+                    [[ $cnt -eq $LS_FILES ]] || die "s3bench list $b counts $cnt objects, expected $LS_FILES"
+                    record "ls_$label" "$s" "$run" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')"
+                    api=$(sed -n 's/.* objects in \([0-9.]*\) s$/\1/p' "$WORK/s3bench.err")
+                    record "ls_${label}_api" "$s" "$run" "$api"
+                done
+            else
+                mnt="$WORK/ls-$s-$run"
+                s3_mount "$s" "$mnt" "$b"
+                pid=$MOUNTED_PID
+                drop_caches # cold: a fresh mount and no cached inodes
+                time_ls "$s" "$run" cold "$DIR" "$pid"
+                time_ls "$s" "$run" warm "$DIR" "$pid"
+                if [[ $s == imagefs ]]; then s3_check_mtimes "$run" "$DIR"; fi
+                unmount "$mnt"
+            fi
+            log "  $s: cold $(values_of ls_cold "$s" '%.3f' | awk -F' / ' '{ print $NF }') s, warm $(values_of ls_warm "$s" '%.3f' | awk -F' / ' '{ print $NF }') s"
+        done
+    done
+    s3_rb "$b" || die "could not remove bucket $b"
+}
+
+s3_check_mtimes() { # run dir: every object shows the stored mtime (stat), and rsync -a keeps it (run 1, 20 files)
+    local run=$1 dir=$2 bad dst
+    bad=$(find "$dir" -maxdepth 1 -type f -printf '%T@\n' | awk -v t="$LS_MTIME" '$1 + 0 != t' | wc -l)
+    MTIME_CHECK="stat: $((LS_FILES - bad)) of $LS_FILES objects show mtime @$LS_MTIME"
+    ((bad == 0)) || note "imagefs, ls run $run: $bad of $LS_FILES objects do not show the mtime set with touch -d @$LS_MTIME"
+    ((run == 1)) || return 0
+    dst="$WORK/rsync-check"
+    mkdir -p "$dst"
+    # (sed, not head: with pipefail, find stopped by SIGPIPE would fail the pipeline; ids have no blanks)
+    find "$dir" -maxdepth 1 -type f -printf '%f\n' | sed -n '1,20p' | xargs -I{} rsync -a "$dir/{}" "$dst/" ||
+        die "imagefs: rsync -a of listing objects failed"
+    bad=$(find "$dst" -type f -printf '%T@\n' | awk -v t="$LS_MTIME" '$1 + 0 != t' | wc -l)
+    RSYNC_CHECK="rsync -a of 20 objects to a local directory: $((20 - bad)) of 20 copies have mtime @$LS_MTIME"
+    ((bad == 0)) || note "imagefs: rsync -a copies of $bad of 20 objects lost the stored mtime"
+    rm -rf "$dst"
+}
+
+s3_report() {
+    daemon_errors
+    declare -A LABEL=(
+        [sdk-direct]="SDK direct (examples/s3bench)"
+        [imagefs]="imagefs (s3 store)"
+        [imagefs-nosum]="imagefs (s3 store), checksums = false"
+        [rclone]="rclone mount, --vfs-cache-mode off"
+        [s3fs]="s3fs"
+    )
+    local s mib size_txt rgw_ver="-" sizes_txt cold warm w r ref
+    if ((RGW_LOCAL)); then rgw_ver=$(radosgw --version 2>/dev/null | head -1 || echo "?"); fi
+    sizes_txt=$(printf '%s MiB, ' "${SIZES_MIB[@]}")
+
+    echo
+    echo "## S3 store: sequential I/O, RSS and listing, $(date -u '+%F %H:%M UTC')"
+    echo
+    host_facts
+    echo "- S3 server: $S3_ENDPOINT ($([[ $RGW_LOCAL -eq 1 ]] && echo "Ceph RGW, $rgw_ver, on the cluster of $CEPH_CONF_FILE" || echo "from $S3_ENV_FILE")), path style; one bucket per run"
+    echo "- Source data read from $SRCDIR$([[ $SRCDIR == /dev/shm ]] && echo ' (tmpfs, RAM)')"
+    imagefs_facts
+    echo "- sdk-direct: $S3BENCH (examples/s3bench.rs: the S3 store's own SDK client; put = multipart, 10 MiB parts, 6 in"
+    echo "  flight, as imagefs's defaults; get = 4 MiB ranged GETs, 8 in flight, as imagefs's read-ahead at its widest)"
+    echo "- rclone: $(rclone version 2>/dev/null | sed -n 1p) (provider Ceph, its defaults: 5 MiB parts, 4 in flight); s3fs: $(s3fs --version 2>/dev/null | awk 'NR == 1 { print $(NF-3) }') ($(dpkg-query -W -f '${Version}' s3fs 2>/dev/null || echo "?"), its defaults)"
+    echo "- Sizes ${sizes_txt%, }, $RUNS run(s), medians. MB/s = 10^6 bytes/s. CPU = the daemon's utime+stime (/proc/PID/stat,"
+    echo "  CLK_TCK $CLK_TCK) over the transfer, per GiB; for s3bench its own user+sys (/usr/bin/time). Peak RSS = the daemon's"
+    echo "  VmHWM after the write (a fresh mount for each write+read), or the max of VmRSS sampled every 0.1 s if larger;"
+    echo "  for s3bench its maxrss."
+    echo
+    echo "| system | size | write MB/s | vs SDK | CPU s/GiB | peak RSS MiB | read MB/s | vs SDK | CPU s/GiB |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    for mib in "${SIZES_MIB[@]}"; do
+        size_txt=$(awk -v m="$mib" 'BEGIN { if (m % 1024) print m " MiB"; else print m / 1024 " GiB" }')
+        for s in "${ORDER[@]}"; do
+            printf '| %s | %s | %s | %s | %s |\n' "${LABEL[$s]}" "$size_txt" \
+                "$(median_cells "write:$mib" "$s")" "$(fmt '%.0f' "$(median_of "write_rss:$mib" "$s")")" "$(median_cells "read:$mib" "$s")"
+        done
+    done
+    echo
+    if [[ -n ${WANT[rclone]:-}${WANT[s3fs]:-} ]]; then
+        echo "Ratios of the medians, imagefs (and imagefs with checksums = false) against the others:"
+        echo
+        echo "| | size | write vs SDK | vs rclone | vs s3fs | read vs SDK | vs rclone | vs s3fs |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+        for s in imagefs imagefs-nosum; do
+            [[ -n ${WANT[$s]:-} ]] || continue
+            for mib in "${SIZES_MIB[@]}"; do
+                w=$(median_of "write:$mib" "$s") r=$(median_of "read:$mib" "$s")
+                printf '| %s | %s |' "${LABEL[$s]}" "$(awk -v m="$mib" 'BEGIN { if (m % 1024) print m " MiB"; else print m / 1024 " GiB" }')"
+                for ref in sdk-direct rclone s3fs; do printf ' %s |' "$(ratio "$w" "$(median_of "write:$mib" "$ref")")"; done
+                for ref in sdk-direct rclone s3fs; do printf ' %s |' "$(ratio "$r" "$(median_of "read:$mib" "$ref")")"; done
+                echo
+            done
+        done
+        echo
+    fi
+    echo "Write: through the mounts \`dd bs=4M conv=fsync\`, timed until dd returned and a HEAD (s3bench head, polled every"
+    echo "0.05 s) shows the object at full size; imagefs commits at fsync (CompleteMultipartUpload, then a CopyObject onto"
+    echo "itself that adds the checksums). sdk-direct: \`s3bench put\` until CompleteMultipartUpload returned. Read: after"
+    echo "dropping the kernel's caches$([[ $RGW_LOCAL -eq 1 ]] && echo " and the OSD's (\`ceph tell osd.* cache drop\`)"), the whole object of this run and size,"
+    echo "written beforehand by \`s3bench put\` (multipart, no imagefs metadata, as a Glance upload). Every write's object was"
+    echo "checked by HEAD afterwards and deleted; in run 1 the ${SIZES_MIB[0]} MiB writes and reads were compared with the source."
+    echo
+    if ((RSS_MIB > 0)) && wants_imagefs; then
+        echo "### Daemon peak RSS during one $RSS_MIB MiB write"
+        echo
+        echo "| system | peak RSS MiB | MB/s | CPU s/GiB |"
+        echo "|---|---:|---:|---:|"
+        for s in imagefs imagefs-nosum; do
+            [[ -n ${WANT[$s]:-} ]] || continue
+            printf '| %s | %s | %s | %s |\n' "${LABEL[$s]}" "$(fmt '%.0f' "$(median_of rss_mib "$s")")" \
+                "$(fmt '%.0f' "$(median_of rss_write "$s")")" "$(fmt '%.2f' "$(median_of rss_write_cpu "$s")")"
+        done
+        echo
+        echo "One write each (not repeated), of the largest source repeated through a pipe (\`cat SRC ... | head -c"
+        echo "$((RSS_MIB * 1048576)) | dd bs=4M iflag=fullblock conv=fsync\`), so its MB/s is not comparable with the table above."
+        echo
+    fi
+    if ((${#LS_SYSTEMS[@]} > 0)); then
+        echo "### \`ls -l\` of $LS_FILES objects of 1 KiB (seconds, median of $RUNS)"
+        echo
+        echo "Cold = caches dropped and, for FUSE, a fresh mount; warm = the same command again right after. sdk-direct ="
+        echo "\`s3bench list\` (ListObjectsV2, every page, $(((LS_FILES + 999) / 1000)) pages), the whole process; in brackets the time of the"
+        echo "ListObjectsV2 calls alone (client built). \"vs direct\" is against the whole process."
+        echo
+        echo "| system | cold s | vs direct | warm s | vs direct | daemon CPU s, cold |"
+        echo "|---|---:|---:|---:|---:|---:|"
+        cold=$(median_of ls_cold sdk-direct) warm=$(median_of ls_warm sdk-direct)
+        for s in "${LS_SYSTEMS[@]}"; do
+            if [[ $s == sdk-direct ]]; then
+                printf '| %s | %s (%s) | 1.00x | %s (%s) | 1.00x | n/a |\n' "s3bench list (ListObjectsV2)" \
+                    "$(fmt '%.3f' "$cold")" "$(fmt '%.3f' "$(median_of ls_cold_api "$s")")" \
+                    "$(fmt '%.3f' "$warm")" "$(fmt '%.3f' "$(median_of ls_warm_api "$s")")"
+                continue
+            fi
+            printf '| %s | %s | %s | %s | %s | %s |\n' "${LABEL[$s]}" \
+                "$(fmt '%.3f' "$(median_of ls_cold "$s")")" "$(ratio "$(median_of ls_cold "$s")" "$cold")" \
+                "$(fmt '%.3f' "$(median_of ls_warm "$s")")" "$(ratio "$(median_of ls_warm "$s")" "$warm")" \
+                "$(fmt '%.2f' "$(median_of ls_cold_cpu "$s")")"
+        done
+        echo
+        if [[ -n ${MTIME_CHECK:-} ]]; then
+            echo "The objects were given mtime @$LS_MTIME through imagefs (\`touch -d\`) before the runs; after each fresh mount"
+            echo "(last run) $MTIME_CHECK; ${RSYNC_CHECK:-rsync not checked}. rclone and s3fs show the objects'"
+            echo "LastModified (they keep mtimes in their own metadata keys)."
+            echo
+        fi
+    fi
+    if ((DAEMON_ERRORS > 0)); then
+        echo "The imagefs daemons logged $DAEMON_ERRORS ERROR/WARN lines during this benchmark."
+        echo
+    fi
+    for s in "${NOTES[@]}"; do echo "- Note: $s"; done
+    ((${#NOTES[@]} == 0)) || echo
+    echo "Per run (MB/s, in run order; run N starts with the Nth system of the table):"
+    echo
+    for mib in "${SIZES_MIB[@]}"; do
+        for s in "${ORDER[@]}"; do
+            echo "- ${LABEL[$s]}, $mib MiB: write $(values_of "write:$mib" "$s" '%.0f') (CPU s/GiB $(values_of "write_cpu:$mib" "$s" '%.2f'); RSS MiB $(values_of "write_rss:$mib" "$s" '%.0f')); read $(values_of "read:$mib" "$s" '%.0f') (CPU s/GiB $(values_of "read_cpu:$mib" "$s" '%.2f'))"
+        done
+    done
+    if ((${#LS_SYSTEMS[@]} > 0)); then
+        for s in "${LS_SYSTEMS[@]}"; do
+            echo "- ls -l, ${LABEL[$s]}: cold $(values_of ls_cold "$s" '%.3f') s; warm $(values_of ls_warm "$s" '%.3f') s"
+        done
+    fi
+    echo
+    echo "### Commands"
+    echo
+    echo '```sh'
+    echo "# $0 s3 --sizes-mib $(IFS=,; echo "${SIZES_MIB[*]}") --runs $RUNS --systems $SYSTEMS --rss-mib $RSS_MIB --ls-files $LS_FILES --s3-env $S3_ENV_FILE"
+    echo "# S3_ENDPOINT=$S3_ENDPOINT, S3_ACCESS_KEY and S3_SECRET_KEY from $S3_ENV_FILE"
+    echo "head -c BYTES /dev/urandom > $SRCDIR/imagefs-bench-src.PID.MIB; cat SRC > /dev/null   # before each write"
+    echo "$S3BENCH mb BUCKET   # one per run; removed with s3bench rb BUCKET"
+    echo "$S3BENCH put SRC BUCKET <read-uuid>   # each run and size: the object every system reads"
+    echo "# drop caches (before every read):"
+    echo "sync; echo 3 > /proc/sys/vm/drop_caches$([[ $RGW_LOCAL -eq 1 ]] && echo "; ceph tell 'osd.*' cache drop")"
+    for s in "${ORDER[@]}"; do
+        [[ -n ${CMD[$s]:-} ]] && echo "${CMD[$s]}"
+    done
+    echo "# $RCLONE_CONF (mode 0600): [rgw] type = s3, provider = Ceph, endpoint = $S3_ENDPOINT, access_key_id, secret_access_key"
+    echo "# $S3FS_PASSWD (mode 0600): ACCESS:SECRET"
+    echo "# through a mount (DIR = MNT/$S3_STORE for imagefs, MNT otherwise): write, read"
+    echo "dd if=SRC of=DIR/<uuid> bs=4M conv=fsync; until [ \"\$(s3bench head BUCKET <uuid>)\" = BYTES ]; do sleep 0.05; done"
+    echo "dd if=DIR/<read-uuid> of=/dev/null bs=4M"
+    echo "# after each turn: fusermount3 -u MNT (the daemon is waited for by PID); s3bench rm BUCKET <uuid>"
+    if ((RGW_LOCAL)); then echo "radosgw-admin gc process --include-all   # after each size: reclaim the deleted objects' space"; fi
+    if ((${#LS_SYSTEMS[@]} > 0)); then
+        echo "# listing: $S3BENCH fill BUCKET $LS_FILES 1024; through imagefs: find DIR -type f | xargs touch -d @$LS_MTIME; remount; then"
+        echo "sync; echo 3 > /proc/sys/vm/drop_caches; LC_ALL=C ls -l DIR > FILE   # cold (fresh mount)"
+        echo "LC_ALL=C ls -l DIR > FILE                                              # warm"
+        echo "$S3BENCH list BUCKET   # direct, twice"
+    fi
+    echo '```'
+}
+
 # ================================================================ run
 case $SUITE in
     file) suite_file ;;
     rbd) suite_rbd ;;
+    s3) suite_s3 ;;
 esac
 cat "$WORK/report.md" >>"$OUT"
 cat "$WORK/report.md"
