@@ -5,6 +5,7 @@
 
 mod error;
 pub mod file;
+mod meta_text;
 pub mod rbd;
 pub mod s3;
 

@@ -2,10 +2,10 @@
 //! owner and times, the checksums computed while the image streamed, and
 //! user xattrs. Keys and encodings live here, in one place.
 
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
+use crate::store::meta_text::{self, hex_value, Keys, HEX_PREFIX};
+pub use crate::store::meta_text::{decode_value, encode_time, Parsed};
 use crate::store::{Checksums, SetAttrs, XATTR_CHECKSUM, XATTR_OS_HASH_ALGO, XATTR_OS_HASH_VALUE};
+use std::collections::BTreeMap;
 
 pub const MODE: &str = "imagefs.mode";
 pub const UID: &str = "imagefs.uid";
@@ -19,8 +19,6 @@ pub const OS_HASH_ALGO: &str = "imagefs.os_hash_algo";
 pub const OS_HASH_VALUE: &str = "imagefs.os_hash_value";
 /// User xattr `user.x` is key `imagefs.xattr.user.x`.
 pub const XATTR_PREFIX: &str = "imagefs.xattr.";
-/// Values that are not NUL-free UTF-8 are stored as this prefix + hex.
-const HEX_PREFIX: &str = "base16:";
 
 /// The metadata key holding xattr `name`.
 pub fn xattr_key(name: &str) -> String {
@@ -42,50 +40,27 @@ pub fn xattr_name(key: &str) -> Option<String> {
     }
 }
 
+/// Values that are not NUL-free UTF-8 are stored hex-encoded (`base16:`).
 pub fn encode_value(v: &[u8]) -> String {
     match std::str::from_utf8(v) {
         Ok(s) if !s.contains('\0') && !s.starts_with(HEX_PREFIX) => s.to_string(),
-        _ => format!("{HEX_PREFIX}{}", hex::encode(v)),
+        _ => hex_value(v),
     }
 }
 
-pub fn decode_value(s: &str) -> Vec<u8> {
-    match s.strip_prefix(HEX_PREFIX).map(hex::decode) {
-        Some(Ok(b)) => b,
-        _ => s.as_bytes().to_vec(),
-    }
-}
-
-pub fn encode_time(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
-}
-
-pub fn decode_time(s: &str) -> Option<SystemTime> {
-    let (secs, nanos) = s.split_once('.').unwrap_or((s, "0"));
-    Some(UNIX_EPOCH + Duration::new(secs.parse().ok()?, nanos.parse().ok()?))
-}
+/// Where this store keeps each attribute.
+pub const KEYS: Keys = Keys {
+    mode: MODE,
+    uid: UID,
+    gid: GID,
+    atime: ATIME,
+    mtime: MTIME,
+    ctime: CTIME,
+};
 
 /// The key/value pairs that apply `attrs`.
 pub fn attr_pairs(attrs: &SetAttrs) -> Vec<(&'static str, String)> {
-    let mut out = Vec::new();
-    if let Some(m) = attrs.mode {
-        out.push((MODE, format!("{:o}", m & 0o7777)));
-    }
-    if let Some(u) = attrs.uid {
-        out.push((UID, u.to_string()));
-    }
-    if let Some(g) = attrs.gid {
-        out.push((GID, g.to_string()));
-    }
-    if let Some(t) = attrs.atime {
-        out.push((ATIME, encode_time(t)));
-    }
-    if let Some(t) = attrs.mtime {
-        out.push((MTIME, encode_time(t)));
-    }
-    out.push((CTIME, encode_time(SystemTime::now())));
-    out
+    meta_text::attr_pairs(&KEYS, attrs)
 }
 
 pub fn checksum_pairs(sums: &Checksums) -> Vec<(&'static str, String)> {
@@ -96,27 +71,8 @@ pub fn checksum_pairs(sums: &Checksums) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Metadata of one image, parsed.
-#[derive(Debug, Clone, Default)]
-pub struct Parsed {
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub atime: Option<SystemTime>,
-    pub mtime: Option<SystemTime>,
-    pub ctime: Option<SystemTime>,
-}
-
 pub fn parse(pairs: &BTreeMap<String, String>) -> Parsed {
-    let num = |k: &str| pairs.get(k).and_then(|v| v.parse().ok());
-    Parsed {
-        mode: pairs.get(MODE).and_then(|v| u32::from_str_radix(v, 8).ok()),
-        uid: num(UID),
-        gid: num(GID),
-        atime: pairs.get(ATIME).and_then(|v| decode_time(v)),
-        mtime: pairs.get(MTIME).and_then(|v| decode_time(v)),
-        ctime: pairs.get(CTIME).and_then(|v| decode_time(v)),
-    }
+    meta_text::parse(&KEYS, |k| pairs.get(k).map(String::as_str))
 }
 
 /// Keys that belong to the image's content (dropped when it is replaced).
@@ -127,6 +83,8 @@ pub fn is_content_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::meta_text::decode_time;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn values_round_trip() {

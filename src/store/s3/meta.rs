@@ -7,8 +7,10 @@
 //! encodings live here, in one place.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
+use crate::store::meta_text::{self, hex_value, Keys, HEX_PREFIX};
+pub use crate::store::meta_text::{decode_value, encode_time, Parsed};
 use crate::store::{Checksums, SetAttrs, XATTR_CHECKSUM, XATTR_OS_HASH_ALGO, XATTR_OS_HASH_VALUE};
 
 pub const MODE: &str = "imagefs-mode";
@@ -23,7 +25,6 @@ pub const OS_HASH_ALGO: &str = "imagefs-os-hash-algo";
 pub const OS_HASH_VALUE: &str = "imagefs-os-hash-value";
 /// User xattr `name` is key `imagefs-x-<hex(name)>`.
 pub const XATTR_PREFIX: &str = "imagefs-x-";
-const HEX_PREFIX: &str = "base16:";
 
 /// User metadata of one object, keys lowercased (servers differ in case).
 pub type Meta = HashMap<String, String>;
@@ -70,45 +71,15 @@ pub fn encode_value(v: &[u8]) -> String {
     if plain {
         String::from_utf8(v.to_vec()).expect("ascii")
     } else {
-        format!("{HEX_PREFIX}{}", hex::encode(v))
+        hex_value(v)
     }
-}
-
-pub fn decode_value(s: &str) -> Vec<u8> {
-    match s.strip_prefix(HEX_PREFIX).map(hex::decode) {
-        Some(Ok(b)) => b,
-        _ => s.as_bytes().to_vec(),
-    }
-}
-
-pub fn encode_time(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
-}
-
-pub fn decode_time(s: &str) -> Option<SystemTime> {
-    let (secs, nanos) = s.split_once('.').unwrap_or((s, "0"));
-    Some(UNIX_EPOCH + Duration::new(secs.parse().ok()?, nanos.parse().ok()?))
 }
 
 /// Applies `attrs` (and a new ctime) to `m`.
 pub fn apply_attrs(m: &mut Meta, attrs: &SetAttrs) {
-    if let Some(v) = attrs.mode {
-        m.insert(MODE.into(), format!("{:o}", v & 0o7777));
+    for (k, v) in meta_text::attr_pairs(&KEYS, attrs) {
+        m.insert(k.into(), v);
     }
-    if let Some(u) = attrs.uid {
-        m.insert(UID.into(), u.to_string());
-    }
-    if let Some(g) = attrs.gid {
-        m.insert(GID.into(), g.to_string());
-    }
-    if let Some(t) = attrs.atime {
-        m.insert(ATIME.into(), encode_time(t));
-    }
-    if let Some(t) = attrs.mtime {
-        m.insert(MTIME.into(), encode_time(t));
-    }
-    touch(m);
 }
 
 pub fn touch(m: &mut Meta) {
@@ -139,32 +110,25 @@ pub fn is_content_key(key: &str) -> bool {
     matches!(key, CHECKSUM | OS_HASH_ALGO | OS_HASH_VALUE)
 }
 
-/// Metadata of one object, parsed.
-#[derive(Debug, Clone, Default)]
-pub struct Parsed {
-    pub mode: Option<u32>,
-    pub uid: Option<u32>,
-    pub gid: Option<u32>,
-    pub atime: Option<SystemTime>,
-    pub mtime: Option<SystemTime>,
-    pub ctime: Option<SystemTime>,
-}
+/// Where this store keeps each attribute.
+pub const KEYS: Keys = Keys {
+    mode: MODE,
+    uid: UID,
+    gid: GID,
+    atime: ATIME,
+    mtime: MTIME,
+    ctime: CTIME,
+};
 
 pub fn parse(m: &Meta) -> Parsed {
-    let num = |k: &str| m.get(k).and_then(|v| v.parse().ok());
-    Parsed {
-        mode: m.get(MODE).and_then(|v| u32::from_str_radix(v, 8).ok()),
-        uid: num(UID),
-        gid: num(GID),
-        atime: m.get(ATIME).and_then(|v| decode_time(v)),
-        mtime: m.get(MTIME).and_then(|v| decode_time(v)),
-        ctime: m.get(CTIME).and_then(|v| decode_time(v)),
-    }
+    meta_text::parse(&KEYS, |k| m.get(k).map(String::as_str))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::meta_text::decode_time;
+    use std::time::{Duration, UNIX_EPOCH};
 
     #[test]
     fn values_and_names_round_trip() {
