@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::store::SetAttrs;
+use crate::store::{ObjectMeta, SetAttrs};
 
 /// Marks a value kept as hex because it is not plain text.
 pub const HEX_PREFIX: &str = "base16:";
@@ -84,5 +84,32 @@ pub fn parse<'a>(keys: &Keys, get: impl Fn(&str) -> Option<&'a str>) -> Parsed {
         atime: get(keys.atime).and_then(decode_time),
         mtime: get(keys.mtime).and_then(decode_time),
         ctime: get(keys.ctime).and_then(decode_time),
+    }
+}
+
+impl Parsed {
+    /// What head and list report for an image of `size` bytes whose backend
+    /// stamped it at `stamp` (creation or last write): attributes never set
+    /// read as mode 0644 and times from that stamp.
+    pub fn object_meta(
+        &self,
+        id: &str,
+        size: u64,
+        stamp: SystemTime,
+        version: String,
+    ) -> ObjectMeta {
+        let mtime = self.mtime.unwrap_or(stamp);
+        ObjectMeta {
+            id: id.to_string(),
+            size,
+            blocks: None,
+            mode: Some(self.mode.unwrap_or(0o644)),
+            uid: self.uid,
+            gid: self.gid,
+            atime: self.atime,
+            mtime,
+            ctime: Some(self.ctime.unwrap_or(stamp.max(mtime))),
+            version,
+        }
     }
 }

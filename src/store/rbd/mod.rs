@@ -357,21 +357,8 @@ fn meta_of(id: &str, img: &Image) -> std::result::Result<ObjectMeta, RbdError> {
         .map(|s| s.id)
         .unwrap_or(0);
     let pairs: BTreeMap<String, String> = img.metadata()?.into_iter().collect();
-    let m = meta::parse(&pairs);
-    let created = img.created()?;
-    let mtime = m.mtime.unwrap_or(created);
-    Ok(ObjectMeta {
-        id: id.to_string(),
-        size,
-        blocks: None,
-        mode: Some(m.mode.unwrap_or(0o644)),
-        uid: m.uid,
-        gid: m.gid,
-        atime: m.atime,
-        mtime,
-        ctime: Some(m.ctime.unwrap_or(mtime.max(created))),
-        version: format!("{}@{snap_id}", img.id()?),
-    })
+    let version = format!("{}@{snap_id}", img.id()?);
+    Ok(meta::parse(&pairs).object_meta(id, size, img.created()?, version))
 }
 
 /// Glance's delete: unprotect `snap`, remove it, remove the image; clones

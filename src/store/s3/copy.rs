@@ -74,23 +74,7 @@ pub async fn copy(
         .to_string();
     let r = copy_parts(b, src, head, dst, &upload_id).await;
     let r = match r {
-        Ok(parts) => b
-            .client
-            .complete_multipart_upload()
-            .bucket(&b.name)
-            .key(dst)
-            .upload_id(&upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .customize()
-            .config_override(slow())
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| s3err(e).into_store(dst)),
+        Ok(parts) => complete(b, dst, &upload_id, parts).await,
         Err(e) => Err(e),
     };
     if r.is_err() {
@@ -106,11 +90,36 @@ pub async fn copy(
     r
 }
 
+/// Completes multipart upload `upload_id` of `key` from `parts`.
+pub(crate) async fn complete(
+    b: &Bucket,
+    key: &str,
+    upload_id: &str,
+    parts: Vec<CompletedPart>,
+) -> Result<()> {
+    b.client
+        .complete_multipart_upload()
+        .bucket(&b.name)
+        .key(key)
+        .upload_id(upload_id)
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .customize()
+        .config_override(slow())
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| s3err(e).into_store(key))
+}
+
 /// Timeouts of copies and of CompleteMultipartUpload: the server answers
 /// only once the copy or the assembly is done (RGW took over 30 s to
 /// complete a 2 GiB upload of 205 parts on a loaded machine), so no byte
 /// for a while is normal.
-pub(crate) fn slow() -> aws_sdk_s3::config::Builder {
+fn slow() -> aws_sdk_s3::config::Builder {
     aws_sdk_s3::config::Builder::default().timeout_config(
         aws_sdk_s3::config::timeout::TimeoutConfig::builder()
             .read_timeout(super::client::COPY_TIMEOUT)

@@ -45,20 +45,7 @@ impl Head {
     }
 
     pub fn object_meta(&self, id: &str) -> ObjectMeta {
-        let m = meta::parse(&self.meta);
-        let mtime = m.mtime.unwrap_or(self.last_modified);
-        ObjectMeta {
-            id: id.to_string(),
-            size: self.size,
-            blocks: None,
-            mode: Some(m.mode.unwrap_or(0o644)),
-            uid: m.uid,
-            gid: m.gid,
-            atime: m.atime,
-            mtime,
-            ctime: Some(m.ctime.unwrap_or(self.last_modified.max(mtime))),
-            version: self.version(),
-        }
+        meta::parse(&self.meta).object_meta(id, self.size, self.last_modified, self.version())
     }
 }
 

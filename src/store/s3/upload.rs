@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::CompletedPart;
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinSet;
 
@@ -356,22 +356,7 @@ impl S3Upload {
             return Err(StoreError::AlreadyExists(self.id.clone()));
         }
         let upload_id = self.mp.as_ref().unwrap().upload_id.clone();
-        self.bucket
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket.name)
-            .key(&self.id)
-            .upload_id(&upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .customize()
-            .config_override(copy::slow())
-            .send()
-            .await
-            .map_err(|e| s3err(e).into_store(&self.id))?;
+        copy::complete(&self.bucket, &self.id, &upload_id, parts).await?;
         self.bucket.live.lock().unwrap().remove(&upload_id);
         self.mp = None;
         if sums.is_some() || self.meta_dirty {
