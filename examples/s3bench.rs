@@ -67,6 +67,7 @@ fn client(bucket: &str) -> Res<Client> {
         large_object_chunk_size_mb: PART >> 20,
         thread_pools: THREAD_POOLS as usize,
         cacert: None,
+        staging_dir: std::env::temp_dir(),
     };
     let store = S3Store::open("s3bench", &cfg).map_err(|e| e.to_string())?;
     Ok(store.client().clone())

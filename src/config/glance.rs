@@ -687,6 +687,7 @@ impl<'a> Glance<'a> {
             thread_pools: opts.uint("s3_store_thread_pools", gd::S3_THREAD_POOLS as u64, 1)?
                 as usize,
             cacert: opts.path(&["s3_store_cacert"])?,
+            staging_dir: PathBuf::from(super::DEFAULT_STAGING_DIR),
         })
     }
 

@@ -195,7 +195,14 @@ pub struct S3StoreConfig {
     /// `s3_store_thread_pools` (default 10).
     pub thread_pools: usize,
     pub cacert: Option<PathBuf>,
+    /// Where writes into committed objects are staged until commit
+    /// (`staging_dir`, default /var/tmp): unnamed sparse files, up to the
+    /// size of each image being modified.
+    pub staging_dir: PathBuf,
 }
+
+/// Default `staging_dir` of object stores: on disk, not a tmpfs.
+pub const DEFAULT_STAGING_DIR: &str = "/var/tmp";
 
 /// `type = "swift"`: Glance's Swift store (credentials already resolved from
 /// `swift_store_config_file` when imported from glance-api.conf).

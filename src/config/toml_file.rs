@@ -135,6 +135,7 @@ raw_store! {
     large_object_chunk_size_mb: u64,
     thread_pools: usize,
     cacert: PathBuf,
+    staging_dir: PathBuf,
     // swift
     auth_address: String,
     auth_version: u32,
@@ -194,6 +195,7 @@ const S3_KEYS: &[&str] = &[
     "large_object_chunk_size_mb",
     "thread_pools",
     "cacert",
+    "staging_dir",
 ];
 const SWIFT_KEYS: &[&str] = &[
     "auth_address",
@@ -729,6 +731,9 @@ impl StoreCtx<'_> {
                 gd::S3_THREAD_POOLS,
             )?,
             cacert: self.opt_path(raw.cacert, "cacert")?,
+            staging_dir: self
+                .opt_path(raw.staging_dir, "staging_dir")?
+                .unwrap_or_else(|| PathBuf::from(super::DEFAULT_STAGING_DIR)),
         })
     }
 

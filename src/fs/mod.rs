@@ -922,7 +922,7 @@ impl ImageFs {
         }
         let name = Self::name_of(img)?;
         let store = &self.stores[img.store];
-        if !store.capabilities().random_write && how == UploadMode::Modify {
+        if !store.capabilities().modify && how == UploadMode::Modify {
             return Err(err!(
                 libc::EOPNOTSUPP,
                 "store {} cannot modify images in place yet",

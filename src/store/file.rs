@@ -552,6 +552,7 @@ impl Store for FileStore {
         Capabilities {
             read_only: false,
             random_write: true,
+            modify: true,
             server_side_copy: true,
             cheap_clone: false,
             local_files: true,

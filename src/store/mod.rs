@@ -8,6 +8,7 @@ pub mod file;
 mod meta_text;
 pub mod rbd;
 pub mod s3;
+mod staged;
 
 pub use error::{Result, StoreError};
 
@@ -40,6 +41,9 @@ pub struct Capabilities {
     pub read_only: bool,
     /// Uploads accept writes at any offset and can be read back before commit.
     pub random_write: bool,
+    /// `UploadMode::Modify` works: writes into a committed image (in place,
+    /// or staged and uploaded whole at commit), readable before commit.
+    pub modify: bool,
     /// `copy` and `Upload::copy_from` run inside the backend.
     pub server_side_copy: bool,
     /// Copies are copy-on-write clones (constant time).

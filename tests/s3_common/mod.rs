@@ -81,6 +81,7 @@ pub fn config(server: &Server, bucket: &str) -> S3StoreConfig {
         large_object_chunk_size_mb: 5,
         thread_pools: 4,
         cacert: None,
+        staging_dir: std::env::temp_dir(),
     }
 }
 

@@ -482,6 +482,7 @@ impl Store for RbdStore {
         Capabilities {
             read_only: false,
             random_write: true,
+            modify: true,
             server_side_copy: true,
             cheap_clone: true,
             local_files: false,

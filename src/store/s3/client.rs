@@ -157,6 +157,7 @@ mod tests {
             large_object_chunk_size_mb: 10,
             thread_pools: 10,
             cacert: None,
+            staging_dir: std::env::temp_dir(),
         }
     }
 

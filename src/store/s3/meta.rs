@@ -82,6 +82,12 @@ pub fn apply_attrs(m: &mut Meta, attrs: &SetAttrs) {
     }
 }
 
+/// mtime and ctime both `now` (a directory whose entries changed).
+pub fn set_dir_times(m: &mut Meta, now: SystemTime) {
+    m.insert(MTIME.into(), encode_time(now));
+    m.insert(CTIME.into(), encode_time(now));
+}
+
 pub fn touch(m: &mut Meta) {
     m.insert(CTIME.into(), encode_time(SystemTime::now()));
 }

@@ -14,7 +14,9 @@
 //! A new id is claimed by creating `.imagefs-tmp-<id>` with `If-None-Match:
 //! *` (a second writer on any mount gets EEXIST); the claim goes at commit
 //! or abort, and `gc` removes claims and multipart uploads that dead
-//! writers left. Writes are sequential (`random_write` is false). Rename is
+//! writers left. New images are written sequentially (`random_write` is
+//! false); writes into a committed image (`modify`) are staged locally
+//! (`store::staged`) and uploaded as a new object at commit. Rename is
 //! copy + delete (not atomic: a crash between leaves both names). S3 has no
 //! capacity: `statfs` reports 1 PiB free (see `STATFS_BYTES`). The store
 //! directory's mode, owner and times are the metadata of `.imagefs-store`.
@@ -33,13 +35,14 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::staged::Staged;
 use super::{
     validate_id, Capabilities, Leftover, ObjectMeta, Reader, Result, SetAttrs, StatFs, Store,
     StoreError, Upload, UploadMode, XattrMode, TEMP_PREFIX,
 };
 use crate::config::S3StoreConfig;
 use error::s3err;
-use object::{Bucket, Head, CONTENT};
+use object::{Bucket, Head, CONTENT, STORE_OBJECT};
 use reader::S3Reader;
 use upload::S3Upload;
 
@@ -52,9 +55,6 @@ pub const STATFS_BYTES: u64 = 1 << 50;
 /// Bytes of upload parts in flight per upload, at most (with the part
 /// being filled, the memory an upload holds).
 pub const IN_FLIGHT_BYTES: u64 = 64 << 20;
-/// The object holding the store directory's mode, owner and times (S3
-/// has no directories); hidden like every `.imagefs-` name.
-const STORE_OBJECT: &str = ".imagefs-store";
 /// Names imagefs keeps for itself: never listed, never image ids.
 const HIDDEN_PREFIX: &str = ".imagefs-";
 /// Objects examined at once by `list` (one HEAD each for the metadata).
@@ -205,6 +205,7 @@ impl Store for S3Store {
         Capabilities {
             read_only: false,
             random_write: false,
+            modify: true,
             server_side_copy: true,
             cheap_clone: false,
             local_files: false,
@@ -230,22 +231,9 @@ impl Store for S3Store {
     /// Kept as the metadata of object `.imagefs-store`, so `rsync -a` into
     /// the store's directory can set them.
     async fn set_root_attrs(&self, attrs: &SetAttrs) -> Result<()> {
-        let mut m = match self.bucket.head_opt(STORE_OBJECT).await? {
-            Some(h) => h.meta,
-            None => meta::Meta::new(),
-        };
-        meta::apply_attrs(&mut m, attrs);
         self.bucket
-            .client
-            .put_object()
-            .bucket(&self.cfg.bucket)
-            .key(STORE_OBJECT)
-            .set_metadata(Some(m))
-            .body(aws_sdk_s3::primitives::ByteStream::from_static(b""))
-            .send()
+            .update_store_meta(|m| meta::apply_attrs(m, attrs))
             .await
-            .map_err(|e| s3err(e).into_store(STORE_OBJECT))?;
-        Ok(())
     }
 
     async fn list(&self) -> Result<Vec<ObjectMeta>> {
@@ -303,6 +291,20 @@ impl Store for S3Store {
 
     async fn create_upload(&self, id: &str, mode: UploadMode) -> Result<Box<dyn Upload>> {
         check_new_id(id)?;
+        if mode == UploadMode::Modify {
+            // Staged locally: the old version, pinned, supplies every
+            // block not written; commit uploads a whole new object.
+            let head = self.head_image(id).await?;
+            let src = Arc::new(S3Reader::new(self.bucket.clone(), id, &head));
+            let inner = S3Upload::start(self.bucket.clone(), id, UploadMode::Replace).await?;
+            return Ok(Box::new(Staged::start(
+                id,
+                src,
+                head.size,
+                Box::new(inner),
+                &self.cfg.staging_dir,
+            )?));
+        }
         Ok(Box::new(
             S3Upload::start(self.bucket.clone(), id, mode).await?,
         ))
@@ -310,7 +312,9 @@ impl Store for S3Store {
 
     async fn delete(&self, id: &str) -> Result<()> {
         self.head_image(id).await?;
-        self.bucket.delete_key(id).await
+        self.bucket.delete_key(id).await?;
+        self.bucket.touch_dir().await;
+        Ok(())
     }
 
     /// Copy then delete, inside the server.
@@ -324,7 +328,9 @@ impl Store for S3Store {
             return Err(StoreError::AlreadyExists(to.to_string()));
         }
         copy::copy(&self.bucket, from, &head, to, &head.meta).await?;
-        self.bucket.delete_key(from).await
+        self.bucket.delete_key(from).await?;
+        self.bucket.touch_dir().await;
+        Ok(())
     }
 
     async fn copy(&self, from: &str, to: &str) -> Result<()> {
@@ -336,7 +342,9 @@ impl Store for S3Store {
         let mut m = head.meta.clone();
         m.insert(CONTENT.into(), object::unique_token());
         meta::touch(&mut m);
-        copy::copy(&self.bucket, from, &head, to, &m).await
+        copy::copy(&self.bucket, from, &head, to, &m).await?;
+        self.bucket.touch_dir().await;
+        Ok(())
     }
 
     async fn set_attrs(&self, id: &str, attrs: &SetAttrs) -> Result<()> {

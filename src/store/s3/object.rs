@@ -83,6 +83,10 @@ pub fn copy_source(bucket: &str, key: &str) -> String {
     s
 }
 
+/// The object whose metadata holds the store directory's mode, owner and
+/// times (S3 has no directories); hidden like every `.imagefs-` name.
+pub const STORE_OBJECT: &str = ".imagefs-store";
+
 pub struct Bucket {
     pub client: aws_sdk_s3::Client,
     pub name: String,
@@ -101,6 +105,37 @@ pub struct Bucket {
 }
 
 impl Bucket {
+    /// Changes the metadata of `STORE_OBJECT` (created if missing).
+    pub async fn update_store_meta(&self, change: impl FnOnce(&mut Meta)) -> Result<()> {
+        let mut m = match self.head_opt(STORE_OBJECT).await? {
+            Some(h) => h.meta,
+            None => Meta::new(),
+        };
+        change(&mut m);
+        self.client
+            .put_object()
+            .bucket(&self.name)
+            .key(STORE_OBJECT)
+            .set_metadata(Some(m))
+            .body(ByteStream::from_static(b""))
+            .send()
+            .await
+            .map_err(|e| s3err(e).into_store(STORE_OBJECT))?;
+        Ok(())
+    }
+
+    /// An image was added or removed: the store directory's mtime and
+    /// ctime move, as a directory's do. Best effort (the image is there).
+    pub async fn touch_dir(&self) {
+        let now = SystemTime::now();
+        let r = self
+            .update_store_meta(|m| meta::set_dir_times(m, now))
+            .await;
+        if let Err(e) = r {
+            tracing::debug!("store directory times: {e}");
+        }
+    }
+
     pub fn new(
         client: aws_sdk_s3::Client,
         name: String,

@@ -68,6 +68,11 @@ pub struct S3Upload {
     /// Metadata changed after the multipart upload was started with it.
     meta_dirty: bool,
     len: u64,
+    /// Zeros after `len` not added yet: a truncate that extends only
+    /// records them, so that writes before the new end (as `qemu-img
+    /// create` does after its truncate) still land in the unsent buffer;
+    /// they are added at the next write past `len`, or at commit.
+    zero_tail: u64,
     /// Bytes `buf_start..len`, not sent yet.
     buf: BytesMut,
     buf_start: u64,
@@ -117,6 +122,7 @@ impl S3Upload {
             meta: m,
             meta_dirty: false,
             len: 0,
+            zero_tail: 0,
             buf: BytesMut::new(),
             buf_start: 0,
             mp: None,
@@ -412,6 +418,7 @@ impl Drop for S3Upload {
             meta: Meta::new(),
             meta_dirty: false,
             len: 0,
+            zero_tail: 0,
             buf: BytesMut::new(),
             buf_start: 0,
             mp: self.mp.take(),
@@ -423,17 +430,9 @@ impl Drop for S3Upload {
     }
 }
 
-#[async_trait]
-impl Upload for S3Upload {
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<()> {
+/// Data below `len` (what the part buffer and copies hold).
+impl S3Upload {
+    async fn write_data(&mut self, offset: u64, data: Bytes) -> Result<()> {
         self.check()?;
         self.sent(
             "rewriting data already uploaded (S3 writes are sequential)",
@@ -463,8 +462,7 @@ impl Upload for S3Upload {
         Ok(())
     }
 
-    async fn read_at(&self, offset: u64, len: u32) -> Result<Bytes> {
-        let end = (offset + len as u64).min(self.len);
+    async fn read_data(&self, offset: u64, end: u64) -> Result<Bytes> {
         let mut out = BytesMut::new();
         let mut at = offset;
         while at < end {
@@ -499,11 +497,7 @@ impl Upload for S3Upload {
         Ok(out.freeze())
     }
 
-    async fn set_len(&mut self, len: u64) -> Result<()> {
-        self.check()?;
-        if len >= self.len {
-            return self.append_zeros(len - self.len).await;
-        }
+    fn truncate_data(&mut self, len: u64) -> Result<()> {
         self.sent(
             "truncating below data already uploaded (S3 writes are sequential)",
             len,
@@ -514,7 +508,7 @@ impl Upload for S3Upload {
         Ok(())
     }
 
-    async fn copy_from(
+    async fn copy_data(
         &mut self,
         src: &str,
         src_offset: u64,
@@ -588,6 +582,57 @@ impl Upload for S3Upload {
         }
         Ok(done)
     }
+}
+
+#[async_trait]
+impl Upload for S3Upload {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn len(&self) -> u64 {
+        self.len + self.zero_tail
+    }
+
+    async fn write_at(&mut self, offset: u64, data: Bytes) -> Result<()> {
+        let end = self.len();
+        self.write_data(offset, data).await?;
+        self.zero_tail = end.saturating_sub(self.len);
+        Ok(())
+    }
+
+    async fn read_at(&self, offset: u64, len: u32) -> Result<Bytes> {
+        let end = (offset + len as u64).min(self.len());
+        let mut out = BytesMut::new();
+        if offset < self.len {
+            out.extend_from_slice(&self.read_data(offset, end.min(self.len)).await?);
+        }
+        out.resize(end.saturating_sub(offset) as usize, 0);
+        Ok(out.freeze())
+    }
+
+    async fn set_len(&mut self, len: u64) -> Result<()> {
+        self.check()?;
+        if len >= self.len {
+            self.zero_tail = len - self.len;
+            return Ok(());
+        }
+        self.zero_tail = 0;
+        self.truncate_data(len)
+    }
+
+    async fn copy_from(
+        &mut self,
+        src: &str,
+        src_offset: u64,
+        offset: u64,
+        len: u64,
+    ) -> Result<u64> {
+        let end = self.len();
+        let n = self.copy_data(src, src_offset, offset, len).await?;
+        self.zero_tail = end.saturating_sub(self.len);
+        Ok(n)
+    }
 
     async fn set_attrs(&mut self, attrs: &SetAttrs) -> Result<()> {
         meta::apply_attrs(&mut self.meta, attrs);
@@ -600,7 +645,12 @@ impl Upload for S3Upload {
         sums: Option<Checksums>,
         _durable: bool,
     ) -> Result<ObjectMeta> {
-        let r = match self.check() {
+        let tail = std::mem::take(&mut self.zero_tail);
+        let filled = match self.check() {
+            Ok(()) if tail > 0 => self.append_zeros(tail).await,
+            r => r,
+        };
+        let r = match filled {
             Err(e) => Err(e),
             Ok(()) if self.mp.is_none() => {
                 let m = self.final_meta(sums.as_ref());
@@ -611,6 +661,9 @@ impl Upload for S3Upload {
         self.cleanup().await;
         self.finished = true;
         r?;
+        if self.mode == UploadMode::New {
+            self.bucket.touch_dir().await;
+        }
         Ok(self.bucket.head_or(&self.id).await?.object_meta(&self.id))
     }
 
