@@ -16,8 +16,7 @@ use bytes::{Bytes, BytesMut};
 use ceph::rados::{
     rados_cluster_fsid, rados_cluster_stat, rados_conf_get, rados_conf_read_file, rados_conf_set,
     rados_connect, rados_create2, rados_get_instance_id, rados_ioctx_create, rados_ioctx_destroy,
-    rados_ioctx_pool_stat, rados_ioctx_t, rados_shutdown, rados_t, Struct_rados_cluster_stat_t,
-    Struct_rados_pool_stat_t,
+    rados_ioctx_t, rados_shutdown, rados_t, Struct_rados_cluster_stat_t,
 };
 use tokio::sync::oneshot;
 
@@ -70,6 +69,30 @@ type RbdImageT = *mut c_void;
 type RbdOptionsT = *mut c_void;
 type RbdCompletionT = *mut c_void;
 type RbdCallbackT = extern "C" fn(RbdCompletionT, *mut c_void);
+
+/// `rados_pool_stat_t` as Pacific's librados.h has it. The `ceph` crate's
+/// `Struct_rados_pool_stat_t` predates the last four fields: librados would
+/// write 32 bytes past it.
+#[repr(C)]
+#[derive(Default)]
+struct RadosPoolStat {
+    num_bytes: u64,
+    num_kb: u64,
+    num_objects: u64,
+    num_object_clones: u64,
+    num_object_copies: u64,
+    num_objects_missing_on_primary: u64,
+    num_objects_unfound: u64,
+    num_objects_degraded: u64,
+    num_rd: u64,
+    num_rd_kb: u64,
+    num_wr: u64,
+    num_wr_kb: u64,
+    num_user_bytes: u64,
+    compressed_bytes_orig: u64,
+    compressed_bytes: u64,
+    compressed_bytes_alloc: u64,
+}
 
 #[repr(C)]
 struct RbdImageSpec {
@@ -131,6 +154,11 @@ struct RbdTrashImageInfo {
 const RBD_IMAGE_OPTION_FORMAT: c_int = 0;
 const RBD_IMAGE_OPTION_FEATURES: c_int = 1;
 const RBD_IMAGE_OPTION_ORDER: c_int = 2;
+
+#[link(name = "rados")]
+extern "C" {
+    fn rados_ioctx_pool_stat(io: rados_ioctx_t, stats: *mut RadosPoolStat) -> c_int;
+}
 
 #[link(name = "rbd")]
 extern "C" {
@@ -459,8 +487,8 @@ impl Pool {
 
     /// (bytes, objects) stored in the pool.
     pub fn usage(&self) -> RbdResult<(u64, u64)> {
-        let mut st = Struct_rados_pool_stat_t::default();
-        // SAFETY: out-pointer to a plain struct.
+        let mut st = RadosPoolStat::default();
+        // SAFETY: out-pointer to a struct of the size librados writes.
         check("rados_ioctx_pool_stat", unsafe {
             rados_ioctx_pool_stat(self.io, &mut st)
         })?;
