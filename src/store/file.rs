@@ -24,9 +24,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    validate_id, Capabilities, Checksums, Leftover, ObjectMeta, Result, SetAttrs, StatFs, Store,
-    StoreError, Upload, UploadMode, XattrMode, TEMP_PREFIX, XATTR_CHECKSUM, XATTR_OS_HASH_ALGO,
-    XATTR_OS_HASH_VALUE,
+    blocking, validate_id, Capabilities, Checksums, Leftover, ObjectMeta, Result, SetAttrs, StatFs,
+    Store, StoreError, Upload, UploadMode, XattrMode, TEMP_PREFIX, XATTR_CHECKSUM,
+    XATTR_OS_HASH_ALGO, XATTR_OS_HASH_VALUE,
 };
 use crate::config::FileStoreConfig;
 
@@ -65,17 +65,6 @@ fn ctime_is_fine_grained(dir: &Path) -> bool {
         Ok(true)
     };
     probe().unwrap_or(false)
-}
-
-/// Runs blocking file-system work off the async executor.
-async fn blocking<T, F>(f: F) -> Result<T>
-where
-    F: FnOnce() -> Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("worker thread failed: {e}")))?
 }
 
 fn cpath(path: &Path) -> Result<CString> {

@@ -275,6 +275,17 @@ pub fn validate_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs blocking work (file-system or librbd calls) off the async executor.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("worker thread failed: {e}")))?
+}
+
 /// Opens the backend a store's config names. Backends not built yet fail
 /// with a clear error naming the store.
 pub fn open(cfg: &StoreConfig) -> std::result::Result<Arc<dyn Store>, String> {

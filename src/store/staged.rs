@@ -20,7 +20,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
-use super::{Checksums, ObjectMeta, Reader, Result, SetAttrs, StoreError, Upload};
+use super::{blocking, Checksums, ObjectMeta, Reader, Result, SetAttrs, StoreError, Upload};
 
 /// Granularity of fetching old bytes and of tracking what is local.
 const BLOCK: u64 = 1 << 20;
@@ -42,15 +42,6 @@ pub struct Staged {
 
 fn io_err(what: String, e: std::io::Error) -> StoreError {
     StoreError::io(what, e)
-}
-
-/// Runs blocking file I/O off the async threads.
-async fn on_file<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| std::io::Error::other(format!("staging I/O task failed: {e}")))?
 }
 
 impl Staged {
@@ -117,21 +108,23 @@ impl Staged {
     }
 
     async fn pwrite(&self, off: u64, data: Bytes) -> Result<()> {
-        let f = self.file.clone();
-        on_file(move || f.write_all_at(&data, off))
-            .await
-            .map_err(|e| io_err(format!("{}: writing the staging file", self.id), e))
+        let (f, id) = (self.file.clone(), self.id.clone());
+        blocking(move || {
+            f.write_all_at(&data, off)
+                .map_err(|e| io_err(format!("{id}: writing the staging file"), e))
+        })
+        .await
     }
 
     async fn pread(&self, off: u64, len: u64) -> Result<Bytes> {
-        let f = self.file.clone();
-        on_file(move || {
+        let (f, id) = (self.file.clone(), self.id.clone());
+        blocking(move || {
             let mut buf = vec![0u8; len as usize];
-            f.read_exact_at(&mut buf, off)?;
+            f.read_exact_at(&mut buf, off)
+                .map_err(|e| io_err(format!("{id}: reading the staging file"), e))?;
             Ok(Bytes::from(buf))
         })
         .await
-        .map_err(|e| io_err(format!("{}: reading the staging file", self.id), e))
     }
 
     /// Makes `block` local: copies its old bytes into the file.
@@ -218,10 +211,12 @@ impl Upload for Staged {
     }
 
     async fn set_len(&mut self, len: u64) -> Result<()> {
-        let f = self.file.clone();
-        on_file(move || f.set_len(len))
-            .await
-            .map_err(|e| io_err(format!("{}: resizing the staging file", self.id), e))?;
+        let (f, id) = (self.file.clone(), self.id.clone());
+        blocking(move || {
+            f.set_len(len)
+                .map_err(|e| io_err(format!("{id}: resizing the staging file"), e))
+        })
+        .await?;
         // Bytes past `len` are gone: extending again shows zeros there.
         self.src_valid = self.src_valid.min(len);
         self.len = len;

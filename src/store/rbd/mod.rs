@@ -30,8 +30,8 @@ use bytes::Bytes;
 use lru::LruCache;
 
 use super::{
-    validate_id, Capabilities, Leftover, ObjectMeta, Reader as StoreReader, Result, SetAttrs,
-    StatFs, Store, StoreError, Upload, UploadMode, XattrMode, TEMP_PREFIX,
+    blocking, validate_id, Capabilities, Leftover, ObjectMeta, Reader as StoreReader, Result,
+    SetAttrs, StatFs, Store, StoreError, Upload, UploadMode, XattrMode, TEMP_PREFIX,
 };
 use crate::config::RbdStoreConfig;
 use ffi::{Cluster, Image, Layout, Pool, RbdError};
@@ -69,13 +69,6 @@ fn map_err(what: &str, e: RbdError) -> StoreError {
         | libc::EHOSTUNREACH => StoreError::Unavailable(ctx),
         n => StoreError::io(ctx, std::io::Error::from_raw_os_error(n)),
     }
-}
-
-/// Runs a blocking librbd call off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("librbd call panicked: {e}")))?
 }
 
 /// A live connection: the cluster, the pool, and what new images look like.
