@@ -389,3 +389,102 @@ async fn checksums_survive_attribute_changes() {
         .unwrap()
         .contains(&"user.Mixed Case é".to_string()));
 }
+
+/// Keys under `prefix` in `bucket`, seen with the SDK.
+async fn keys_under(c: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
+    c.list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap()
+        .contents()
+        .iter()
+        .map(|o| o.key().unwrap().to_string())
+        .collect()
+}
+
+/// Listing reads the attributes from the attribute index (no HEAD per
+/// image) while the index matches the object's ETag, and from the object
+/// once another client replaced it; rename, delete and gc keep the index
+/// to one entry per image. The index is inspected with the SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_reads_the_attribute_index() {
+    let (s, _bucket) = store("index").await;
+    let st: Arc<dyn Store> = s.clone();
+    let c = s.client();
+    let b = bucket_of("index");
+    let t = std::time::UNIX_EPOCH + Duration::new(1_500_000_000, 5);
+    conformance::put(&st, "a", &conformance::data(3 << 20, 2)).await;
+    st.set_attrs(
+        "a",
+        &SetAttrs {
+            mode: Some(0o600),
+            mtime: Some(t),
+            ..SetAttrs::default()
+        },
+    )
+    .await
+    .unwrap();
+    let entries = keys_under(c, &b, ".imagefs-attrs/a/").await;
+    let etag = c.head_object().bucket(&b).key("a").send().await.unwrap();
+    let etag = etag.e_tag().unwrap().trim_matches('"').to_string();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].starts_with(&format!(".imagefs-attrs/a/{etag}_")));
+    let listed = st.list().await.unwrap();
+    assert_eq!(
+        listed.len(),
+        1,
+        "the index itself is not listed: {listed:?}"
+    );
+    let head = st.head("a").await.unwrap();
+    assert_eq!((listed[0].mode, listed[0].mtime), (Some(0o600), t));
+    assert_eq!(listed[0], head);
+
+    // The listing believes the index: an entry put there by hand with the
+    // same ETag and a newer ctime wins over the object's own metadata.
+    // Fields after the id: etag, ctime, content id, mode, uid, gid, ...
+    let mut f: Vec<String> = entries[0].split('_').map(str::to_string).collect();
+    f[1] = "9999999999.000000000".into();
+    f[3] = "444".into();
+    let forged = f.join("_");
+    c.put_object()
+        .bucket(&b)
+        .key(&forged)
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(b""))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(st.list().await.unwrap()[0].mode, Some(0o444));
+    assert_eq!(st.head("a").await.unwrap().mode, Some(0o600));
+
+    // Replaced by another client: the entries no longer match its ETag.
+    boto3(format!(
+        "S3.put_object(Bucket='{b}', Key='a', Body=b'v2' * 1000)"
+    ))
+    .await;
+    let listed = st.list().await.unwrap();
+    assert_eq!((listed[0].size, listed[0].mode), (2000, Some(0o644)));
+    assert_eq!(listed[0], st.head("a").await.unwrap());
+    let gone = st.gc(Duration::ZERO, false).await.unwrap();
+    let gone: Vec<&str> = gone.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(gone.len(), 2, "{gone:?}");
+    assert!(keys_under(c, &b, ".imagefs-attrs/").await.is_empty());
+
+    // rename and delete move and drop the entries.
+    st.set_attrs(
+        "a",
+        &SetAttrs {
+            uid: Some(42),
+            ..SetAttrs::default()
+        },
+    )
+    .await
+    .unwrap();
+    st.rename("a", "b", false).await.unwrap();
+    assert!(keys_under(c, &b, ".imagefs-attrs/a/").await.is_empty());
+    assert_eq!(keys_under(c, &b, ".imagefs-attrs/b/").await.len(), 1);
+    assert_eq!(st.list().await.unwrap()[0].uid, Some(42));
+    st.delete("b").await.unwrap();
+    assert!(keys_under(c, &b, ".imagefs-attrs/").await.is_empty());
+}

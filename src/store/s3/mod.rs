@@ -9,7 +9,9 @@
 //! `object` is the bucket the store and its uploads share (HEAD, ranged
 //! GET, claims of new ids); `upload` streams writes as parts; `reader`
 //! serves reads pinned to one version; `copy` does server-side copies;
-//! `meta` encodes attributes in `x-amz-meta-*`; `error` maps failures.
+//! `meta` encodes attributes in `x-amz-meta-*`; `index` keeps them in
+//! key names too, so listing needs no HEAD per image; `error` maps
+//! failures.
 //!
 //! A new id is claimed by creating `.imagefs-tmp-<id>` with `If-None-Match:
 //! *` (a second writer on any mount gets EEXIST); the claim goes at commit
@@ -24,11 +26,13 @@
 mod client;
 mod copy;
 mod error;
+mod index;
 mod meta;
 mod object;
 mod reader;
 mod upload;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -57,7 +61,8 @@ pub const STATFS_BYTES: u64 = 1 << 50;
 pub const IN_FLIGHT_BYTES: u64 = 64 << 20;
 /// Names imagefs keeps for itself: never listed, never image ids.
 const HIDDEN_PREFIX: &str = ".imagefs-";
-/// Objects examined at once by `list` (one HEAD each for the metadata).
+/// Objects examined at once by `list` when the attribute index has no
+/// entry for them (one HEAD each for the metadata).
 const LIST_PARALLEL: usize = 16;
 
 /// Glance's S3 store on one bucket.
@@ -114,28 +119,17 @@ impl S3Store {
     /// Rewrites the metadata of committed `id` (a copy onto itself), from
     /// the version `head` saw.
     async fn rewrite_meta(&self, id: &str, head: &Head, m: &meta::Meta) -> Result<()> {
-        copy::copy(&self.bucket, id, head, id, m).await
+        copy::copy(&self.bucket, id, head, id, m).await?;
+        self.index(id, Some(head)).await;
+        Ok(())
     }
 
-    async fn list_keys(&self, prefix: Option<&str>) -> Result<Vec<aws_sdk_s3::types::Object>> {
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            let r = self
-                .bucket
-                .client
-                .list_objects_v2()
-                .bucket(&self.cfg.bucket)
-                .set_prefix(prefix.map(str::to_string))
-                .set_continuation_token(token)
-                .send()
-                .await
-                .map_err(|e| s3err(e).into_store(&format!("bucket {}", self.cfg.bucket)))?;
-            out.extend(r.contents().iter().cloned());
-            token = r.next_continuation_token().map(str::to_string);
-            if !r.is_truncated().unwrap_or(false) || token.is_none() {
-                return Ok(out);
-            }
+    /// Records `id` as it is now in the attribute index (`old`: as it was
+    /// before the change). Best effort, as the index is.
+    async fn index(&self, id: &str, old: Option<&Head>) {
+        match self.bucket.head_or(id).await {
+            Ok(new) => index::record(&self.bucket, id, old, &new).await,
+            Err(e) => tracing::debug!(id, "attribute index: {e}"),
         }
     }
 
@@ -236,32 +230,53 @@ impl Store for S3Store {
             .await
     }
 
+    /// One ListObjectsV2 walk of the images (ids have no `/`, so the
+    /// index under `.imagefs-attrs/` is left out) beside one of the
+    /// attribute index; images the index does not describe as listed get
+    /// a HEAD each.
     async fn list(&self) -> Result<Vec<ObjectMeta>> {
-        let keys: Vec<String> = self
-            .list_keys(None)
-            .await?
-            .into_iter()
-            .filter_map(|o| o.key().map(str::to_string))
-            .filter(|k| validate_id(k).is_ok() && !k.starts_with(HIDDEN_PREFIX))
-            .collect();
-        let mut out = Vec::with_capacity(keys.len());
-        for batch in keys.chunks(LIST_PARALLEL) {
-            let mut tasks = tokio::task::JoinSet::new();
-            for (i, k) in batch.iter().enumerate() {
-                let (b, k) = (self.bucket.clone(), k.clone());
-                tasks.spawn(async move { (i, b.head_opt(&k).await.map(|h| (k, h))) });
+        let (objects, idx) = tokio::join!(
+            self.bucket.list_keys(None, Some("/")),
+            index::load(&self.bucket)
+        );
+        let idx = idx.unwrap_or_else(|e| {
+            tracing::debug!(store = %self.name, "attribute index: {e}");
+            index::Index::new()
+        });
+        let mut out: Vec<Option<ObjectMeta>> = Vec::new();
+        let mut missing = Vec::new();
+        for o in objects? {
+            let Some(k) = o.key() else { continue };
+            if validate_id(k).is_err() || k.starts_with(HIDDEN_PREFIX) {
+                continue;
             }
-            let mut got = Vec::new();
-            while let Some(r) = tasks.join_next().await {
-                let (i, r) = r.map_err(|e| StoreError::Unavailable(format!("list: {e}")))?;
-                if let (k, Some(h)) = r? {
-                    got.push((i, h.object_meta(&k)));
-                }
+            let at = o
+                .last_modified()
+                .and_then(|t| SystemTime::try_from(*t).ok())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let size = o.size().unwrap_or(0).max(0) as u64;
+            let m = index::object_meta(&idx, k, size, o.e_tag().unwrap_or_default(), at);
+            if m.is_none() {
+                missing.push((out.len(), k.to_string()));
             }
-            got.sort_by_key(|(i, _)| *i);
-            out.extend(got.into_iter().map(|(_, m)| m));
+            out.push(m);
         }
-        Ok(out)
+        for batch in missing.chunks(LIST_PARALLEL) {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, k) in batch.iter().cloned() {
+                let b = self.bucket.clone();
+                tasks.spawn(async move {
+                    let h = b.head_opt(&k).await;
+                    (i, k, h)
+                });
+            }
+            while let Some(r) = tasks.join_next().await {
+                let (i, k, h) = r.map_err(|e| StoreError::Unavailable(format!("list: {e}")))?;
+                // Gone since the listing: left out.
+                out[i] = h?.map(|h| h.object_meta(&k));
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
     }
 
     async fn head(&self, id: &str) -> Result<ObjectMeta> {
@@ -313,6 +328,7 @@ impl Store for S3Store {
     async fn delete(&self, id: &str) -> Result<()> {
         self.head_image(id).await?;
         self.bucket.delete_key(id).await?;
+        index::forget(&self.bucket, id).await;
         self.bucket.touch_dir().await;
         Ok(())
     }
@@ -327,8 +343,11 @@ impl Store for S3Store {
         if !replace && self.bucket.head_opt(to).await?.is_some() {
             return Err(StoreError::AlreadyExists(to.to_string()));
         }
+        index::forget(&self.bucket, to).await;
         copy::copy(&self.bucket, from, &head, to, &head.meta).await?;
+        self.index(to, None).await;
         self.bucket.delete_key(from).await?;
+        index::forget(&self.bucket, from).await;
         self.bucket.touch_dir().await;
         Ok(())
     }
@@ -343,6 +362,7 @@ impl Store for S3Store {
         m.insert(CONTENT.into(), object::unique_token());
         meta::touch(&mut m);
         copy::copy(&self.bucket, from, &head, to, &m).await?;
+        self.index(to, None).await;
         self.bucket.touch_dir().await;
         Ok(())
     }
@@ -421,7 +441,8 @@ impl Store for S3Store {
     }
 
     /// Aborts multipart uploads and removes temp keys (claims of new ids)
-    /// older than `older_than` that no upload of this process holds.
+    /// older than `older_than` that no upload of this process holds, and
+    /// attribute index entries of that age that describe no image.
     async fn gc(&self, older_than: Duration, dry_run: bool) -> Result<Vec<Leftover>> {
         let now = SystemTime::now();
         let live = self.bucket.live.lock().unwrap().clone();
@@ -451,7 +472,7 @@ impl Store for S3Store {
                 removed,
             });
         }
-        for o in self.list_keys(Some(TEMP_PREFIX)).await? {
+        for o in self.bucket.list_keys(Some(TEMP_PREFIX), None).await? {
             let Some(key) = o.key() else { continue };
             let at = o
                 .last_modified()
@@ -465,6 +486,41 @@ impl Store for S3Store {
             found.push(Leftover {
                 name: key.to_string(),
                 bytes: o.size().unwrap_or(0).max(0) as u64,
+                age,
+                removed,
+            });
+        }
+        // Attribute index entries no image matches: the images are listed
+        // first, so an entry recorded meanwhile is only young, not stale.
+        let etags: HashMap<String, String> = self
+            .bucket
+            .list_keys(None, Some("/"))
+            .await?
+            .iter()
+            .filter_map(|o| Some((o.key()?.to_string(), o.e_tag()?.to_string())))
+            .collect();
+        let mut idx = index::Index::new();
+        let mut ages = HashMap::new();
+        for o in self.bucket.list_keys(Some(index::PREFIX), None).await? {
+            let Some(e) = o.key().and_then(index::parse_key) else {
+                continue;
+            };
+            let at = o
+                .last_modified()
+                .and_then(|t| SystemTime::try_from(*t).ok())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            ages.insert(e.key.clone(), now.duration_since(at).unwrap_or_default());
+            idx.entry(e.id.clone()).or_default().push(e);
+        }
+        for key in index::stale(&idx, &etags) {
+            let age = ages[&key];
+            if age < older_than {
+                continue;
+            }
+            let removed = !dry_run && self.bucket.delete_key(&key).await.is_ok();
+            found.push(Leftover {
+                name: key,
+                bytes: 0,
                 age,
                 removed,
             });

@@ -231,6 +231,35 @@ impl Bucket {
         Ok(b)
     }
 
+    /// Every key under `prefix` (all pages); with `delimiter`, keys that
+    /// go on past it after the prefix are left out (their common prefixes
+    /// are not returned either).
+    pub async fn list_keys(
+        &self,
+        prefix: Option<&str>,
+        delimiter: Option<&str>,
+    ) -> Result<Vec<aws_sdk_s3::types::Object>> {
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let r = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.name)
+                .set_prefix(prefix.map(str::to_string))
+                .set_delimiter(delimiter.map(str::to_string))
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| s3err(e).into_store(&format!("bucket {}", self.name)))?;
+            out.extend(r.contents().iter().cloned());
+            token = r.next_continuation_token().map(str::to_string);
+            if !r.is_truncated().unwrap_or(false) || token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
     pub async fn delete_key(&self, key: &str) -> Result<()> {
         self.client
             .delete_object()

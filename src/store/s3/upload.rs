@@ -29,8 +29,9 @@ use tokio::task::JoinSet;
 
 use super::copy;
 use super::error::{s3err, S3Error};
+use super::index;
 use super::meta::{self, Meta};
-use super::object::{unique_token, Bucket, CONTENT};
+use super::object::{unique_token, Bucket, Head, CONTENT};
 use crate::store::{Checksums, ObjectMeta, Result, SetAttrs, StoreError, Upload, UploadMode};
 
 /// Parts per step of the part size schedule.
@@ -64,6 +65,9 @@ pub struct S3Upload {
     mode: UploadMode,
     /// The claim object of a new id, dropped at the end.
     claim: Option<String>,
+    /// The version a Replace upload replaces (its attribute index entry
+    /// goes at commit).
+    old: Option<Head>,
     meta: Meta,
     /// Metadata changed after the multipart upload was started with it.
     meta_dirty: bool,
@@ -94,6 +98,7 @@ impl S3Upload {
         bucket.ensure_bucket().await?;
         let mut m = Meta::new();
         let mut claim = None;
+        let mut replaced = None;
         match mode {
             UploadMode::New => {
                 if bucket.head_opt(id).await?.is_some() {
@@ -104,6 +109,7 @@ impl S3Upload {
             UploadMode::Replace => {
                 if let Some(old) = bucket.head_opt(id).await? {
                     m = meta::kept_on_replace(&old.meta);
+                    replaced = Some(old);
                 }
             }
             UploadMode::Modify => {
@@ -119,6 +125,7 @@ impl S3Upload {
             id: id.to_string(),
             mode,
             claim,
+            old: replaced,
             meta: m,
             meta_dirty: false,
             len: 0,
@@ -415,6 +422,7 @@ impl Drop for S3Upload {
             id: self.id.clone(),
             mode: self.mode,
             claim: self.claim.take(),
+            old: None,
             meta: Meta::new(),
             meta_dirty: false,
             len: 0,
@@ -664,7 +672,9 @@ impl Upload for S3Upload {
         if self.mode == UploadMode::New {
             self.bucket.touch_dir().await;
         }
-        Ok(self.bucket.head_or(&self.id).await?.object_meta(&self.id))
+        let head = self.bucket.head_or(&self.id).await?;
+        index::record(&self.bucket, &self.id, self.old.as_ref(), &head).await;
+        Ok(head.object_meta(&self.id))
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
