@@ -259,6 +259,7 @@ extern "C" {
     ) -> c_int;
     fn rbd_aio_get_return_value(c: RbdCompletionT) -> isize;
     fn rbd_aio_release(c: RbdCompletionT);
+    fn rbd_aio_wait_for_complete(c: RbdCompletionT) -> c_int;
     fn rbd_aio_read(
         image: RbdImageT,
         off: u64,
@@ -696,22 +697,44 @@ struct AioOp {
     image: Option<Arc<Image>>,
 }
 
+/// Our reference on a completion, released only once librbd is done with
+/// it. librbd calls back from a task that still touches the completion
+/// after the callback returns, and the image's close does not wait for
+/// that task; so the image may close only after this is dropped, which
+/// waits for the completion to be marked complete (at most the rest of
+/// that task: never long) and then releases it.
+struct Completion(RbdCompletionT);
+
+// SAFETY: completions may be waited on and released from any thread.
+unsafe impl Send for Completion {}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        // SAFETY: a completion whose callback has run (so it completes
+        // without us), released once.
+        unsafe {
+            rbd_aio_wait_for_complete(self.0);
+            rbd_aio_release(self.0);
+        }
+    }
+}
+
 /// What a finished aio op hands back: its return value, the read buffer,
-/// and the image it kept open.
-type AioDone = (isize, Option<BytesMut>, Option<Arc<Image>>);
+/// the completion, and the image it kept open (dropped in that order: the
+/// completion before the image).
+type AioDone = (isize, Option<BytesMut>, Completion, Option<Arc<Image>>);
 
 extern "C" fn aio_done(c: RbdCompletionT, arg: *mut c_void) {
     // SAFETY: `arg` is the Box<AioOp> leaked when the op was submitted;
-    // librbd calls back exactly once. librbd holds its own reference on the
-    // completion while calling back, so releasing ours here is allowed.
+    // librbd calls back exactly once.
     let mut op = unsafe { Box::from_raw(arg as *mut AioOp) };
     let ret = unsafe { rbd_aio_get_return_value(c) };
-    unsafe { rbd_aio_release(c) };
-    let done = (ret, op.read_buf.take(), op.image.take());
-    if let Err((_, _, Some(image))) = op.tx.send(done) {
-        // Nobody waits any more: close the image (if this was the last
-        // reference) away from librbd's thread.
-        std::thread::spawn(move || drop(image));
+    let done = (ret, op.read_buf.take(), Completion(c), op.image.take());
+    if let Err(done) = op.tx.send(done) {
+        // Nobody waits any more: release the completion and close the
+        // image (if this was the last reference) away from librbd's
+        // thread, which has to return first.
+        std::thread::spawn(move || drop(done));
     }
 }
 
@@ -751,10 +774,12 @@ fn aio(
 }
 
 async fn aio_wait(op: &'static str, rx: AioRx) -> RbdResult<(usize, Option<BytesMut>)> {
-    let (ret, buf, _image) = rx.await.map_err(|_| RbdError {
+    let (ret, buf, completion, image) = rx.await.map_err(|_| RbdError {
         op,
         errno: libc::EIO,
     })?;
+    drop(completion);
+    drop(image);
     if ret < 0 {
         Err(RbdError {
             op,

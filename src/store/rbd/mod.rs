@@ -242,11 +242,20 @@ impl StoreReader for Reader {
     }
 }
 
+/// A failed connect, for the callers that waited for it.
+struct Failure {
+    at: Instant,
+    error: String,
+}
+
 /// Glance's RBD store on one pool.
 pub struct RbdStore {
     name: String,
     cfg: RbdStoreConfig,
     conn: Mutex<Option<Arc<Conn>>>,
+    /// Held while connecting: one connection per store, never a second
+    /// one made and dropped beside it.
+    connecting: tokio::sync::Mutex<Option<Failure>>,
     /// Read handles of committed images (`<id>@snap`), by id.
     readers: Readers,
     /// Uploads this process has open (gc never touches them).
@@ -267,20 +276,45 @@ impl RbdStore {
             name: name.to_string(),
             cfg: cfg.clone(),
             conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(None),
             readers: Arc::new(Mutex::new(LruCache::new(NonZeroUsize::new(64).unwrap()))),
             live: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
-    /// The connection, made now if there is none.
+    /// The connection, made now if there is none. One caller connects;
+    /// the others wait for it, and get its error if it failed while they
+    /// waited (an outage costs each request one connect timeout at most).
     async fn conn(&self) -> Result<Arc<Conn>> {
         if let Some(c) = &*self.conn.lock().unwrap() {
             return Ok(c.clone());
         }
+        let asked = Instant::now();
+        let mut last = self.connecting.lock().await;
+        if let Some(c) = &*self.conn.lock().unwrap() {
+            return Ok(c.clone());
+        }
+        if let Some(f) = &*last {
+            if f.at >= asked {
+                return Err(StoreError::Unavailable(f.error.clone()));
+            }
+        }
         let cfg = self.cfg.clone();
-        let c = Arc::new(blocking(move || Conn::connect(&cfg)).await?);
-        let mut slot = self.conn.lock().unwrap();
-        Ok(slot.get_or_insert(c).clone())
+        match blocking(move || Conn::connect(&cfg)).await {
+            Ok(c) => {
+                let c = Arc::new(c);
+                *self.conn.lock().unwrap() = Some(c.clone());
+                *last = None;
+                Ok(c)
+            }
+            Err(e) => {
+                *last = Some(Failure {
+                    at: Instant::now(),
+                    error: e.to_string(),
+                });
+                Err(e)
+            }
+        }
     }
 
     /// `<id>@snap` as committed now, open.

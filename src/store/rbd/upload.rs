@@ -5,9 +5,11 @@
 //!
 //! Writes are asynchronous: up to `MAX_IN_FLIGHT` are queued in librbd at
 //! once and a failure is reported by a later write, `read_at` or commit, so
-//! close() still returns it. An image whose final size is unknown grows in
-//! doubling steps (at most 8 GiB at a time) and is trimmed at commit, as
-//! Glance's driver does.
+//! close() still returns it. librbd does not order writes in flight
+//! together, so a write that overlaps one still in flight first waits for
+//! all of them (the later write must win; sequential writes never wait).
+//! An image whose final size is unknown grows in doubling steps (at most
+//! 8 GiB at a time) and is trimmed at commit, as Glance's driver does.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -52,7 +54,8 @@ pub(crate) struct RbdUpload {
     /// in pieces (at most 1 GiB each through FUSE), the clone is made at the
     /// first and the later ones cost nothing.
     clone_of: Option<(String, u64)>,
-    in_flight: Mutex<VecDeque<AioWait>>,
+    /// Queued writes and the byte ranges they cover.
+    in_flight: Mutex<VecDeque<(std::ops::Range<u64>, AioWait)>>,
     failed: Mutex<Option<String>>,
     attrs: SetAttrs,
     live: Arc<Mutex<HashSet<String>>>,
@@ -155,8 +158,8 @@ impl RbdUpload {
 
     /// Waits for every queued write.
     async fn drain(&self) -> Result<()> {
-        let ops: Vec<AioWait> = self.in_flight.lock().unwrap().drain(..).collect();
-        for op in ops {
+        let ops: Vec<_> = self.in_flight.lock().unwrap().drain(..).collect();
+        for (_, op) in ops {
             self.note(op.wait().await);
         }
         self.check_failed()
@@ -403,6 +406,13 @@ impl Upload for RbdUpload {
             return Ok(());
         }
         self.grow_to(end).await?;
+        let overlaps = {
+            let q = self.in_flight.lock().unwrap();
+            q.iter().any(|(r, _)| r.start < end && offset < r.end)
+        };
+        if overlaps {
+            self.drain().await?;
+        }
         let op = self
             .img()?
             .write(offset, data)
@@ -410,14 +420,14 @@ impl Upload for RbdUpload {
         self.fresh_from = self.fresh_from.max(end);
         let oldest = {
             let mut q = self.in_flight.lock().unwrap();
-            q.push_back(op);
+            q.push_back((offset..end, op));
             if q.len() > MAX_IN_FLIGHT {
                 q.pop_front()
             } else {
                 None
             }
         };
-        if let Some(op) = oldest {
+        if let Some((_, op)) = oldest {
             self.note(op.wait().await);
         }
         self.check_failed()
