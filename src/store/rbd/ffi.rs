@@ -697,12 +697,10 @@ struct AioOp {
     image: Option<Arc<Image>>,
 }
 
-/// Our reference on a completion, released only once librbd is done with
-/// it. librbd calls back from a task that still touches the completion
-/// after the callback returns, and the image's close does not wait for
-/// that task; so the image may close only after this is dropped, which
-/// waits for the completion to be marked complete (at most the rest of
-/// that task: never long) and then releases it.
+/// Our reference on a completion. librbd calls back from a task that
+/// still touches the completion after the callback returns, so this is
+/// released only once librbd marks it complete (a short wait: the rest of
+/// that task), and before the image it belongs to can close.
 struct Completion(RbdCompletionT);
 
 // SAFETY: completions may be waited on and released from any thread.
