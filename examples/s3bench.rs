@@ -7,7 +7,7 @@
 //! s3bench put FILE BUCKET KEY      multipart upload: 10 MiB parts, 6 in flight
 //! s3bench get BUCKET KEY [--out F] ranged GETs of 4 MiB, 8 in flight; the bytes are
 //!                                  dropped, or written in order to F (`-`: stdout)
-//! s3bench list BUCKET              ListObjectsV2, every page; prints the count
+//! s3bench list BUCKET              ListObjectsV2 of the top level (delimiter /), every page; prints the count
 //! s3bench head BUCKET KEY          prints the size
 //! s3bench rm BUCKET KEY            deletes the object
 //! s3bench fill BUCKET N BYTES      N objects of BYTES random bytes, keys = uuids
@@ -254,13 +254,16 @@ async fn get(bucket: &str, key: &str, out: Option<&str>) -> Res<()> {
     Ok(())
 }
 
-async fn all_keys(c: &Client, bucket: &str) -> Res<Vec<String>> {
+/// Every key of `bucket`, or with `delimiter` only those before it (the
+/// top level: what Glance stores, without imagefs's `.imagefs-attrs/`).
+async fn all_keys(c: &Client, bucket: &str, delimiter: Option<&str>) -> Res<Vec<String>> {
     let mut keys = Vec::new();
     let mut token = None;
     loop {
         let r = c
             .list_objects_v2()
             .bucket(bucket)
+            .set_delimiter(delimiter.map(str::to_string))
             .set_continuation_token(token)
             .send()
             .await
@@ -280,7 +283,7 @@ async fn all_keys(c: &Client, bucket: &str) -> Res<Vec<String>> {
 async fn list(bucket: &str) -> Res<()> {
     let c = client(bucket)?;
     let t0 = Instant::now();
-    let n = all_keys(&c, bucket).await?.len();
+    let n = all_keys(&c, bucket, Some("/")).await?.len();
     eprintln!(
         "s3bench list: {n} objects in {:.3} s",
         t0.elapsed().as_secs_f64()
@@ -379,7 +382,7 @@ async fn remove_bucket(bucket: &str) -> Res<()> {
         }
     }
     loop {
-        let keys = all_keys(&c, bucket).await?;
+        let keys = all_keys(&c, bucket, None).await?;
         if keys.is_empty() {
             break;
         }

@@ -79,7 +79,8 @@
 # Then the imagefs daemon's peak RSS during one write of RSS_MIB (default 8192;
 # the largest source repeated through a pipe), and `ls -l` of LS_FILES (default
 # 2000) objects of 1 KiB, cold (fresh mount, caches dropped) and warm, against
-# `s3bench list` (ListObjectsV2, every page); the objects get a known mtime
+# `s3bench list` (ListObjectsV2 of the top level, delimiter `/`, every page: the
+# images, not imagefs's `.imagefs-attrs/` index); the objects get a known mtime
 # through imagefs first (`touch -d`), checked after remounting with stat and
 # `rsync -a`. With the local RGW, deleted data is reclaimed after each size
 # (`radosgw-admin gc process --include-all`); every bucket it made is removed.
