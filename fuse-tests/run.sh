@@ -47,6 +47,7 @@ ALL_TESTS=(
     errno_symlink
     errno_link_mkfifo
     concurrent_readers
+    big_write_memory
     fsx
     pjdfstest
     store_mount
@@ -70,6 +71,7 @@ ALL_TESTS=(
 #   backend_T_location NAME ID      print the expected user.imagefs.location
 #   backend_T_mode NAME ID          print the octal mode the backend keeps (or -)
 #   backend_T_teardown              remove what setup made
+#   backend_T_reclaim               (optional) free the space of deleted objects now
 # Tests only talk to the backend through `backend OP ARGS...`.
 # ---------------------------------------------------------------------------
 backend() { local op=$1; shift; "backend_${STORE_TYPE}_$op" "$@"; }
@@ -226,6 +228,11 @@ backend_s3_location() {
 backend_s3_mode() {
     s3py "print(S3.head_object(Bucket=sys.argv[1], Key=sys.argv[2])['Metadata'].get('imagefs-mode', '644'))" \
         "$(backend_s3_bucket "$1")" "$2"
+}
+backend_s3_reclaim() { # the local RGW keeps deleted objects' data for 2 h: reclaim it now
+    [ "$S3_ENV_FILE" = "$(dirname "$CEPH_CONF_FILE")/rgw.env" ] || return 0
+    timeout 600 radosgw-admin -c "$CEPH_CONF_FILE" gc process --include-all >/dev/null 2>&1 ||
+        note "radosgw-admin gc process failed (space is reclaimed later)"
 }
 backend_s3_teardown() {
     local s
@@ -837,6 +844,33 @@ t_concurrent_readers() {
     rm -f "$SA/$id"
 }
 
+t_big_write_memory() {
+    # A large image (8 GiB; --quick: 512 MiB) written through the mount keeps
+    # the daemon's peak RSS under 256 MiB, whatever the store buffers (S3:
+    # parts in flight; RBD: writes queued), and arrives whole: its size, its
+    # md5 (user.imagefs.checksum) and the backend's committed object.
+    local src id pid n hwm sum want
+    src=$(data big_write 256M)
+    n=$((BIG_WRITE_MIB / 256))
+    id=$(newid)
+    pid=$(daemon_pid)
+    [ -n "$pid" ] || fail "no daemon pid in $PIDFILE"
+    echo 5 >"/proc/$pid/clear_refs" # peak RSS (VmHWM) starts again from now
+    (for i in $(seq $n); do cat "$src"; done) | dd of="$SA/$id" bs=1M iflag=fullblock status=none ||
+        fail "writing $BIG_WRITE_MIB MiB through the mount"
+    hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
+    note "$BIG_WRITE_MIB MiB written; daemon peak RSS $((hwm / 1024)) MiB"
+    [ "$hwm" -lt $((256 << 10)) ] || fail "daemon peak RSS $((hwm / 1024)) MiB during the write (bound: 256 MiB)"
+    want=$((BIG_WRITE_MIB << 20))
+    assert_eq "$(stat -c %s "$SA/$id")" "$want" "size of the written image"
+    backend exists a "$id" || fail "no committed object $id in the backend"
+    sum=$( (for i in $(seq $n); do cat "$src"; done) | md5sum | cut -d' ' -f1)
+    assert_eq "$(xattr user.imagefs.checksum "$SA/$id")" "$sum" "md5 of the written image"
+    rm "$SA/$id"
+    ! backend exists a "$id" || fail "the image is still in the backend after rm"
+    if declare -F "backend_${STORE_TYPE}_reclaim" >/dev/null; then backend reclaim; fi
+}
+
 t_fsx() {
     local id conf="$WORK/fsx.toml" art="$WORK/fsx-artifacts"
     id=$(newid)
@@ -1162,7 +1196,7 @@ EOF
 # ---------------------------------------------------------------------------
 setup_env() {
     export STATE MNT CFG LOG PIDFILE WORK STORE_TYPE BINARY SA SB
-    export BIG64 BIG64_BYTES BIG256 FSX_OPS
+    export BIG64 BIG64_BYTES BIG256 FSX_OPS BIG_WRITE_MIB
     SA="$MNT/a"; SB="$MNT/b"
 }
 
@@ -1223,8 +1257,10 @@ done
 if [ "$STORE_TYPE" = file ]; then fsx_full=50000; fsx_quick=10000; else fsx_full=1500; fsx_quick=1000; fi
 if [ $QUICK = 1 ]; then
     BIG64=8M; BIG64_BYTES=$((8 << 20)); BIG256=32M; FSX_OPS=${FSX_OPS:-$fsx_quick}
+    BIG_WRITE_MIB=512
 else
     BIG64=64M; BIG64_BYTES=$((64 << 20)); BIG256=256M; FSX_OPS=${FSX_OPS:-$fsx_full}
+    BIG_WRITE_MIB=8192
 fi
 
 STATE=$(mktemp -d "${TMPDIR:-/tmp}/imagefs-fusetests.XXXXXX")

@@ -156,6 +156,7 @@ fn mount(
     };
     init_logging();
     daemon::report_fatal_signals();
+    daemon::limit_malloc_arenas();
     let result = serve(&cfg, &mountpoint, store_name, &opts, pid_file, &mut ready);
     if let Err(e) = &result {
         ready.failed(e);
