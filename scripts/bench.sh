@@ -11,7 +11,8 @@
 #                         [--s3-env FILE] [--s3bench target/release/examples/s3bench] [--ceph-conf FILE]
 #   all: [--out BENCHMARKS.md] [--binary target/release/imagefs] [--workdir /var/tmp] [--keep]
 #   (--systems may also name imagefs-nosum: imagefs with [mount] checksums = false;
-#   for rbd also rbd-fuse-bw: rbd-fuse -o big_writes)
+#   for rbd also rbd-fuse-bw: rbd-fuse -o big_writes, and rbd-direct-sums; for s3
+#   sdk-direct-sums: the direct write plus Glance's two checksums, see below)
 #
 # Suite `file`: sequential write and read of SIZE through
 #   raw            a plain directory on the disk (the baseline)
@@ -42,6 +43,10 @@
 #                  image and grows it as writes pass its end), then
 #                  `dd bs=4M conv=fsync,notrunc` into it, `dd bs=4M` of MNT/ID
 #   imagefs-nosum, rbd-fuse-bw  (opt-in) checksums = false; rbd-fuse -o big_writes
+#   rbd-direct-sums (opt-in, writes only) rbd import with `md5sum SRC` and
+#                  `sha512sum SRC` running beside it, timed until all three
+#                  are done, CPU of all three: storing an image directly with
+#                  the checksums Glance keeps (what imagefs computes inline)
 # Every run and size reads a fresh image laid out as Glance does (rbd import,
 # snapshot `snap`, protected), after dropping the kernel's caches and the OSD's
 # (`ceph tell osd.* cache drop`). Each FUSE system is mounted for its own
@@ -65,6 +70,8 @@
 #                  the SDK client of the S3 store without FUSE; `put` = multipart
 #                  upload with imagefs's default parts (10 MiB, 6 in flight), `get` =
 #                  4 MiB ranged GETs, 8 in flight (imagefs's read-ahead) (the baseline)
+#   sdk-direct-sums (opt-in, writes only) `s3bench put` with `md5sum SRC` and
+#                  `sha512sum SRC` beside it, as rbd-direct-sums
 #   imagefs        `imagefs mount` of one s3 store on the bucket
 #   imagefs-nosum  the same with `[mount] checksums = false`
 #   rclone         `rclone mount rgw:BUCKET MNT --vfs-cache-mode off` (config file
@@ -146,9 +153,9 @@ done
 case $SUITE in
     file) BASELINE=raw; ALL_SYSTEMS=(raw imagefs imagefs-nosum rclone-off rclone-writes)
           : "${SYSTEMS:=raw,imagefs,rclone-off,rclone-writes}" "${SIZES:=4096}" ;;
-    rbd) BASELINE=rbd-direct; ALL_SYSTEMS=(rbd-direct imagefs imagefs-nosum rbd-fuse rbd-fuse-bw)
+    rbd) BASELINE=rbd-direct; ALL_SYSTEMS=(rbd-direct rbd-direct-sums imagefs imagefs-nosum rbd-fuse rbd-fuse-bw)
           : "${SYSTEMS:=rbd-direct,imagefs,rbd-fuse}" "${SIZES:=1024,4096}" ;;
-    s3) BASELINE=sdk-direct; ALL_SYSTEMS=(sdk-direct imagefs imagefs-nosum rclone s3fs)
+    s3) BASELINE=sdk-direct; ALL_SYSTEMS=(sdk-direct sdk-direct-sums imagefs imagefs-nosum rclone s3fs)
           : "${SYSTEMS:=sdk-direct,imagefs,imagefs-nosum,rclone,s3fs}" "${SIZES:=1024,4096}"
           ((LS_FILES_SET)) || LS_FILES=2000 ;;
 esac
@@ -833,6 +840,11 @@ glance_snap() { # id: the snapshot Glance makes of every image it stores (untime
 
 timed_rbd() { timed_cmd "${RBD[@]}" "$@"; }
 
+with_sums() { # source command...: the command with md5sum and sha512sum of the source beside it (under timed_cmd)
+    timed_cmd bash -c 'f=$1; shift; md5sum "$f" >/dev/null & m=$!; sha512sum "$f" >/dev/null & h=$!
+        "$@"; r=$?; wait $m || r=1; wait $h || r=1; exit $r' with_sums "$@"
+}
+
 timed_cmd() { # command...: runs it under /usr/bin/time; sets EL, CPU_S (user+sys) and RSS_KB
     local t0 t1 u sy m
     t0=$EPOCHREALTIME
@@ -923,6 +935,14 @@ rbd_turn() { # system run MiB read-id: one system's write and read
             record_transfer read "$s" "$run" "$mib"
             ((run > 1)) || rbd_verify "$s" read "$POOL/$rid@snap" "$src" "$bytes"
             ;;
+        rbd-direct-sums)
+            CMD[$s]="/usr/bin/time -f '%U %S %M' bash -c 'md5sum SRC & sha512sum SRC & rbd import --no-progress --object-size 8M SRC $POOL/<uuid>; wait'   # rbd-direct-sums write"
+            warm_source "$src"
+            with_sums "$src" "${RBD[@]}" import --no-progress --object-size 8M "$src" "$POOL/$wid"
+            record_transfer write "$s" "$run" "$mib"
+            glance_snap "$wid"
+            rbd_check "$s" "$wid" "$bytes" yes
+            ;;
         imagefs*)
             mnt="$WORK/mnt-$s-$run-$mib"
             mount_imagefs "$s" "$mnt" "$RBD_STORE_TOML"
@@ -975,10 +995,28 @@ fuse_read() { # system run MiB path pid
     record_transfer read "$s" "$run" "$mib"
 }
 
+sums_table() { # direct-sums-system: imagefs's writes against the direct write that computes the same checksums
+    [[ -n ${WANT[$1]:-} && -n ${WANT[imagefs]:-} ]] || return 0
+    local mib w d
+    echo "Writes with Glance's two checksums on both sides: imagefs computes md5 and sha512 inline, ${LABEL[$1]} runs"
+    echo "md5sum and sha512sum of the source beside the direct write (CPU: all three processes):"
+    echo
+    echo "| size | imagefs write MB/s | CPU s/GiB | ${LABEL[$1]} MB/s | CPU s/GiB | imagefs vs it |"
+    echo "|---|---:|---:|---:|---:|---:|"
+    for mib in "${SIZES_MIB[@]}"; do
+        w=$(median_of "write:$mib" imagefs) d=$(median_of "write:$mib" "$1")
+        printf '| %s | %s | %s | %s | %s | %s |\n' "$(awk -v m="$mib" 'BEGIN { if (m % 1024) print m " MiB"; else print m / 1024 " GiB" }')" \
+            "$(fmt '%.0f' "$w")" "$(fmt '%.2f' "$(median_of "write_cpu:$mib" imagefs)")" \
+            "$(fmt '%.0f' "$d")" "$(fmt '%.2f' "$(median_of "write_cpu:$mib" "$1")")" "$(ratio "$w" "$d")"
+    done
+    echo
+}
+
 rbd_report() {
     daemon_errors
     declare -A LABEL=(
         [rbd-direct]="rbd import / rbd export"
+        [rbd-direct-sums]="rbd import + md5sum + sha512sum"
         [imagefs]="imagefs (rbd store)"
         [imagefs-nosum]="imagefs (rbd store), checksums = false"
         [rbd-fuse]="rbd-fuse"
@@ -1016,6 +1054,7 @@ print("%s on %s, %s (%s), %d GiB" % (d.get("osd_objectstore"), d.get("bluestore_
         done
     done
     echo
+    sums_table rbd-direct-sums
     echo "Write: rbd import of the source file (then, untimed, \`rbd snap create\` + \`protect\`); through imagefs and rbd-fuse, \`dd bs=4M"
     echo "conv=fsync\` until dd returned (imagefs commits, i.e. creates and protects \`snap\`, at close). Read: after dropping the"
     echo "kernel's and the OSD's caches, the whole image of this run (rbd import + snap create + snap protect beforehand)."
@@ -1202,6 +1241,15 @@ s3_turn() { # system run MiB bucket read-key: one system's write and read
     local s=$1 run=$2 mib=$3 b=$4 rid=$5 bytes=$(($3 * 1048576)) src=${SRC_OF[$3]} wid check=0 mnt pid
     wid=$(uuid)
     ((run == 1 && mib == SIZES_MIB[0])) && check=1
+    if [[ $s == sdk-direct-sums ]]; then
+        CMD[$s]="bash -c 'md5sum SRC & sha512sum SRC & $S3BENCH put SRC BUCKET <uuid>; wait'   # under /usr/bin/time -f '%U %S %M'"
+        warm_source "$src"
+        with_sums "$src" "$S3BENCH" put "$src" "$b" "$wid"
+        record_transfer write "$s" "$run" "$mib"
+        [[ $(s3_size "$b" "$wid") -eq $bytes ]] || die "$s: $b/$wid does not have $bytes bytes after the write"
+        s3_rm "$b" "$wid"
+        return 0
+    fi
     if [[ $s == sdk-direct ]]; then
         CMD[$s]="$S3BENCH put SRC BUCKET <uuid>; $S3BENCH get BUCKET <read-uuid>   # under /usr/bin/time -f '%U %S %M'"
         warm_source "$src"
@@ -1339,6 +1387,7 @@ s3_report() {
     daemon_errors
     declare -A LABEL=(
         [sdk-direct]="SDK direct (examples/s3bench)"
+        [sdk-direct-sums]="SDK direct + md5sum + sha512sum"
         [imagefs]="imagefs (s3 store)"
         [imagefs-nosum]="imagefs (s3 store), checksums = false"
         [rclone]="rclone mount, --vfs-cache-mode off"
@@ -1373,6 +1422,7 @@ s3_report() {
         done
     done
     echo
+    sums_table sdk-direct-sums
     if [[ -n ${WANT[rclone]:-}${WANT[s3fs]:-} ]]; then
         echo "Ratios of the medians, imagefs (and imagefs with checksums = false) against the others:"
         echo
