@@ -857,6 +857,16 @@ t_big_write_memory() {
     id=$(newid)
     pid=$(daemon_pid)
     [ -n "$pid" ] || fail "no daemon pid in $PIDFILE"
+    # What earlier tests freed (concurrent_readers: 16 read-aheads of up to
+    # 32 MiB) goes back to the kernel: the daemon trims its heap every 10 s.
+    local rss i
+    for i in $(seq 30); do
+        rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+        [ "$rss" -lt $((128 << 10)) ] && break
+        sleep 1
+    done
+    [ "$rss" -lt $((128 << 10)) ] || fail "daemon RSS still $((rss / 1024)) MiB, 30 s after the previous test"
+    note "daemon RSS before the write: $((rss / 1024)) MiB"
     echo 5 >"/proc/$pid/clear_refs" # peak RSS (VmHWM) starts again from now
     (for i in $(seq $n); do cat "$src"; done) | dd of="$SA/$id" bs=1M iflag=fullblock status=none ||
         fail "writing $mib MiB through the mount"

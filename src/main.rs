@@ -218,6 +218,7 @@ fn serve(
     if let Err(e) = daemon::set_read_ahead(mountpoint, cfg.mount.read_ahead_kb) {
         tracing::warn!("cannot set read_ahead_kb: {e}");
     }
+    daemon::spawn_malloc_trim(rt.handle());
     let mut unmounter = session.unmount_callable();
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
