@@ -275,6 +275,13 @@ extern "C" {
         buf: *const c_char,
         c: RbdCompletionT,
     ) -> c_int;
+    fn rbd_aio_writev(
+        image: RbdImageT,
+        iov: *const libc::iovec,
+        iovcnt: c_int,
+        off: u64,
+        c: RbdCompletionT,
+    ) -> c_int;
     fn rbd_aio_flush(image: RbdImageT, c: RbdCompletionT) -> c_int;
 }
 
@@ -692,7 +699,7 @@ struct AioOp {
     /// The buffer a read fills, handed back at completion.
     read_buf: Option<BytesMut>,
     /// The data a write sends.
-    _write_buf: Option<Bytes>,
+    _write_buf: Vec<Bytes>,
     /// Handed back too: closing an image on librbd's own callback thread
     /// would deadlock, so the last reference is never dropped there.
     image: Option<Arc<Image>>,
@@ -744,7 +751,7 @@ fn aio(
     op: &'static str,
     image: &Arc<Image>,
     read_buf: Option<BytesMut>,
-    write_buf: Option<Bytes>,
+    write_buf: Vec<Bytes>,
     submit: impl FnOnce(RbdImageT, RbdCompletionT) -> c_int,
 ) -> RbdResult<AioRx> {
     let (tx, rx) = oneshot::channel();
@@ -1133,7 +1140,7 @@ impl Image {
             let ptr = buf.as_mut_ptr() as *mut c_char;
             // The buffer moves into the op (its heap block stays where it
             // is) and comes back once librbd is done filling it.
-            aio("rbd_aio_read", self, Some(buf), None, |img, c| {
+            aio("rbd_aio_read", self, Some(buf), Vec::new(), |img, c| {
                 // SAFETY: `ptr` points to `len` bytes of capacity the op owns
                 // until the callback hands it back; nothing else touches it
                 // before then.
@@ -1151,7 +1158,7 @@ impl Image {
     pub fn write(self: &Arc<Self>, off: u64, data: Bytes) -> RbdResult<AioWait> {
         let rx = {
             let (ptr, len) = (data.as_ptr() as *const c_char, data.len());
-            aio("rbd_aio_write", self, None, Some(data), |img, c| {
+            aio("rbd_aio_write", self, None, vec![data], |img, c| {
                 // SAFETY: `ptr` points into `data`, kept alive by the op.
                 unsafe { rbd_aio_write(img, off, len, ptr, c) }
             })?
@@ -1162,9 +1169,34 @@ impl Image {
         })
     }
 
+    /// Writes the pieces of `data` one after the other from `off` in one
+    /// request; the returned future ends when it is done.
+    pub fn writev(self: &Arc<Self>, off: u64, data: Vec<Bytes>) -> RbdResult<AioWait> {
+        let iov: Vec<libc::iovec> = data
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let count = c_int::try_from(iov.len()).map_err(|_| RbdError {
+            op: "rbd_aio_writev",
+            errno: libc::EINVAL,
+        })?;
+        let rx = aio("rbd_aio_writev", self, None, data, |img, c| {
+            // SAFETY: every iovec points into a piece of `data`, which the
+            // op keeps alive; librbd reads the iovec array during the call.
+            unsafe { rbd_aio_writev(img, iov.as_ptr(), count, off, c) }
+        })?;
+        Ok(AioWait {
+            op: "rbd_aio_writev",
+            rx,
+        })
+    }
+
     /// Flushes without blocking a thread.
     pub async fn aio_flush(self: &Arc<Self>) -> RbdResult<()> {
-        let rx = aio("rbd_aio_flush", self, None, None, |img, c| {
+        let rx = aio("rbd_aio_flush", self, None, Vec::new(), |img, c| {
             // SAFETY: open image, fresh completion.
             unsafe { rbd_aio_flush(img, c) }
         })?;

@@ -3,11 +3,15 @@
 //! and name swap, server-side copies as clones, and `gc` of what dead
 //! writers left.
 //!
-//! Writes are asynchronous: up to `MAX_IN_FLIGHT` are queued in librbd at
-//! once and a failure is reported by a later write, `read_at` or commit, so
-//! close() still returns it. librbd does not order writes in flight
-//! together, so a write that overlaps one still in flight first waits for
-//! all of them (the later write must win; sequential writes never wait).
+//! Writes are asynchronous. Writes that follow each other are gathered up
+//! to the end of their RBD object and sent as one request, as Glance's
+//! driver and `rbd import` write whole objects (64 KiB writes, what
+//! Glance's file store makes, were one OSD op each). Up to
+//! `MAX_IN_FLIGHT_BYTES` are queued in librbd at once, and a failure is
+//! reported by a later write, `read_at` or commit, so close() still returns
+//! it. librbd does not order writes in flight together, so a write that
+//! overlaps one still in flight first waits for all of them (the later
+//! write must win; sequential writes never wait).
 //! An image whose final size is unknown grows in doubling steps (at most
 //! 8 GiB at a time) and is trimmed at commit, as Glance's driver does.
 
@@ -26,12 +30,20 @@ use crate::store::{
     Checksums, Leftover, ObjectMeta, Result, SetAttrs, StoreError, Upload, UploadMode, TEMP_PREFIX,
 };
 
-/// Writes queued in librbd at once per upload.
-const MAX_IN_FLIGHT: usize = 16;
+/// Bytes of writes queued in librbd at once per upload (besides the
+/// object being gathered).
+const MAX_IN_FLIGHT_BYTES: u64 = 16 << 20;
 /// Largest single growth step of an image of unknown size.
 const MAX_GROW: u64 = 8 << 30;
 /// Bytes per step when data is copied rather than cloned.
 const COPY_CHUNK: u64 = 4 << 20;
+
+/// Writes that follow each other, kept until their object is complete.
+struct Gathered {
+    start: u64,
+    len: u64,
+    pieces: Vec<Bytes>,
+}
 
 /// A write in progress on one image.
 pub(crate) struct RbdUpload {
@@ -54,6 +66,9 @@ pub(crate) struct RbdUpload {
     /// in pieces (at most 1 GiB each through FUSE), the clone is made at the
     /// first and the later ones cost nothing.
     clone_of: Option<(String, u64)>,
+    /// Writes that follow each other, not sent yet: where they start, how
+    /// many bytes, the pieces.
+    gathered: Mutex<Option<Gathered>>,
     /// Queued writes and the byte ranges they cover.
     in_flight: Mutex<VecDeque<(std::ops::Range<u64>, AioWait)>>,
     failed: Mutex<Option<String>>,
@@ -123,6 +138,7 @@ impl RbdUpload {
             fresh_from: len,
             thin,
             clone_of: None,
+            gathered: Mutex::new(None),
             in_flight: Mutex::new(VecDeque::new()),
             failed: Mutex::new(None),
             attrs: SetAttrs::default(),
@@ -156,8 +172,47 @@ impl RbdUpload {
         }
     }
 
-    /// Waits for every queued write.
+    /// Queues the gathered writes in librbd, then waits until at most
+    /// `MAX_IN_FLIGHT_BYTES` are in flight. A write librbd refuses fails
+    /// the upload (earlier writes in it were already answered).
+    async fn send(&self) -> Result<()> {
+        let Some(g) = self.gathered.lock().unwrap().take() else {
+            return Ok(());
+        };
+        let range = g.start..g.start + g.len;
+        let img = self.img()?;
+        let queued = if g.pieces.len() == 1 {
+            img.write(g.start, g.pieces.into_iter().next().expect("one piece"))
+        } else {
+            img.writev(g.start, g.pieces)
+        };
+        let op = match queued {
+            Ok(op) => op,
+            Err(e) => {
+                self.note(Err(e));
+                return self.check_failed();
+            }
+        };
+        loop {
+            let oldest = {
+                let mut q = self.in_flight.lock().unwrap();
+                let bytes: u64 = q.iter().map(|(r, _)| r.end - r.start).sum();
+                if q.is_empty() || bytes + g.len <= MAX_IN_FLIGHT_BYTES {
+                    q.push_back((range, op));
+                    break;
+                }
+                q.pop_front()
+            };
+            if let Some((_, done)) = oldest {
+                self.note(done.wait().await);
+            }
+        }
+        self.check_failed()
+    }
+
+    /// Sends what is gathered and waits for every queued write.
     async fn drain(&self) -> Result<()> {
+        self.send().await?;
         let ops: Vec<_> = self.in_flight.lock().unwrap().drain(..).collect();
         for (_, op) in ops {
             self.note(op.wait().await);
@@ -406,29 +461,43 @@ impl Upload for RbdUpload {
             return Ok(());
         }
         self.grow_to(end).await?;
-        let overlaps = {
-            let q = self.in_flight.lock().unwrap();
-            q.iter().any(|(r, _)| r.start < end && offset < r.end)
-        };
-        if overlaps {
-            self.drain().await?;
-        }
-        let op = self
-            .img()?
-            .write(offset, data)
-            .map_err(|e| map_err(&self.id, e))?;
         self.fresh_from = self.fresh_from.max(end);
-        let oldest = {
-            let mut q = self.in_flight.lock().unwrap();
-            q.push_back((offset..end, op));
-            if q.len() > MAX_IN_FLIGHT {
-                q.pop_front()
-            } else {
-                None
+        let appended = {
+            let mut g = self.gathered.lock().unwrap();
+            match g.as_mut() {
+                Some(g) if g.start + g.len == offset => {
+                    g.len += data.len() as u64;
+                    g.pieces.push(data.clone());
+                    true
+                }
+                _ => false,
             }
         };
-        if let Some((_, op)) = oldest {
-            self.note(op.wait().await);
+        if !appended {
+            self.send().await?;
+            let overlaps = {
+                let q = self.in_flight.lock().unwrap();
+                q.iter().any(|(r, _)| r.start < end && offset < r.end)
+            };
+            if overlaps {
+                self.drain().await?;
+            }
+            *self.gathered.lock().unwrap() = Some(Gathered {
+                start: offset,
+                len: data.len() as u64,
+                pieces: vec![data],
+            });
+        }
+        // Sent once it reaches the end of an object (or crosses one).
+        let object = 1u64 << self.conn.layout.order;
+        let complete = self
+            .gathered
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|g| end % object == 0 || g.start / object != end / object);
+        if complete {
+            self.send().await?;
         }
         self.check_failed()
     }
@@ -594,6 +663,7 @@ impl Upload for RbdUpload {
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.gathered.lock().unwrap().take();
         let _ = self.drain().await;
         self.forget();
         let img = self.img.take();
