@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::fs::attr::Attr;
 use crate::fs::staging::Staging;
 use crate::store::ObjectMeta;
 
@@ -68,6 +69,9 @@ pub struct ImageNode {
     pub io: Mutex<IoState>,
     /// Last head() result and when it was taken.
     pub meta: Mutex<Option<(Instant, ObjectMeta)>>,
+    /// The attributes of a write being committed, taken out of `staging`:
+    /// what the image is about to be, shown until the commit ends.
+    pub publishing: Mutex<Option<Attr>>,
 }
 
 impl PartialEq for ImageNode {
@@ -187,6 +191,7 @@ impl Inodes {
             staging: tokio::sync::Mutex::new(None),
             io: Mutex::new(IoState::default()),
             meta: Mutex::new(None),
+            publishing: Mutex::new(None),
         });
         t.entries.insert(
             ino,

@@ -276,6 +276,9 @@ impl ImageFs {
         if let Some(s) = &*img.staging.lock().await {
             return Ok(self.staged_attr(img, s));
         }
+        if let Some(a) = img.publishing.lock().unwrap().clone() {
+            return Ok(a);
+        }
         if img.name().is_none() {
             // Unlinked while open: what it was, with no link left.
             let last = img.meta.lock().unwrap().as_ref().map(|(_, m)| m.clone());
@@ -400,7 +403,10 @@ impl ImageFs {
                     let img = self.inodes.image(s, &m.id, 0);
                     let attr = match &*img.staging.lock().await {
                         Some(st) => self.staged_attr(&img, st),
-                        None => Attr::image(img.ino, m, self.opts.owner),
+                        None => match img.publishing.lock().unwrap().clone() {
+                            Some(a) => a,
+                            None => Attr::image(img.ino, m, self.opts.owner),
+                        },
                     };
                     seen.insert(m.id.clone());
                     entries.push(DirEntry {
@@ -650,8 +656,13 @@ impl ImageFs {
         let store = &self.stores[img.store];
         let attrs = req.attrs();
         if let Some(size) = req.size {
-            let deferred = fh.is_some() || img.io.lock().unwrap().writers > 0;
             let mut guard = img.staging.lock().await;
+            // Decided under the staging lock: a writer's release counts
+            // itself out before it takes the lock to commit, so a change
+            // left to it is always committed by it, and a truncate by path
+            // racing the last release (which the kernel sends without
+            // waiting) is never left unpublished.
+            let deferred = fh.is_some() || img.io.lock().unwrap().writers > 0;
             let how = if size == 0 {
                 UploadMode::Replace
             } else {
@@ -1042,6 +1053,9 @@ impl ImageFs {
         }
         match guard.take() {
             Some(st) => {
+                // Stats during the commit show the new version, not the
+                // one it replaces.
+                *img.publishing.lock().unwrap() = Some(self.staged_attr(img, &st));
                 drop(guard);
                 self.publish(img, st, durable).await
             }
@@ -1059,11 +1073,13 @@ impl ImageFs {
                 self.drop_readahead(img.ino);
                 tracing::debug!(store = store.name(), id, size = meta.size, "committed");
                 *img.meta.lock().unwrap() = Some((Instant::now(), meta));
+                img.publishing.lock().unwrap().take();
                 Ok(())
             }
             Err(e) => {
                 tracing::warn!(store = store.name(), id, "commit failed: {e}");
                 *img.meta.lock().unwrap() = None;
+                img.publishing.lock().unwrap().take();
                 Err(e.into())
             }
         }

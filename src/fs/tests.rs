@@ -1,5 +1,6 @@
 //! The fs core driven directly (no FUSE) over file stores in temp dirs.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -208,6 +209,35 @@ async fn truncate_on_open_replaces_the_content() {
     r.fs.write(fh, 0, Bytes::from_static(b"new")).await.unwrap();
     close(&r.fs, fh).await.unwrap();
     assert_eq!(on_disk(&r.dirs[0], "img").unwrap(), b"new");
+}
+
+/// A truncate by path while a writer is open is left to the writer's
+/// release (the kernel does not wait for releases): while that release
+/// commits, stat shows the truncated size, never the version replaced.
+#[tokio::test]
+async fn stat_during_a_commit_shows_the_new_version() {
+    let r = rig();
+    let (ino, fh) = create(&r.fs, A, "img").await;
+    r.fs.write(fh, 0, Bytes::from(vec![7u8; 12345]))
+        .await
+        .unwrap();
+    close(&r.fs, fh).await.unwrap();
+    let fh = r.fs.open(ino, libc::O_WRONLY).await.unwrap().fh;
+    let grow = SetAttrRequest {
+        size: Some(23456),
+        ..Default::default()
+    };
+    assert_eq!(r.fs.setattr(ino, None, grow).await.unwrap().size, 23456);
+    let mut release = Box::pin(r.fs.release(fh));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        release.as_mut().poll(&mut cx).is_pending(),
+        "the commit waits for the store"
+    );
+    assert_eq!(r.fs.getattr(ino).await.unwrap().size, 23456);
+    release.await;
+    assert_eq!(r.fs.getattr(ino).await.unwrap().size, 23456);
+    assert_eq!(on_disk(&r.dirs[0], "img").unwrap().len(), 23456);
 }
 
 #[tokio::test]
