@@ -1,5 +1,6 @@
 //! The FUSE adapter: a thin `fuser::Filesystem` that hands every request to
-//! the fs core on a tokio runtime, converts types, and replies. Decisions
+//! the fs core (polled once on the fuser thread, then on a tokio runtime if
+//! it has to wait), converts types, and replies. Decisions
 //! (errno, caching, passthrough) belong to the core; this file only carries
 //! them out and negotiates kernel features at init.
 
