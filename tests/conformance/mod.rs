@@ -434,6 +434,23 @@ pub async fn small_writes_in_order(store: Arc<dyn Store>) {
             assert!(got[..] == model[at..off], "read back {at}..{off}");
         }
     }
+    if store.capabilities().random_write {
+        // A run that grows over a write sent before it: the run must land
+        // last. [9, 10) MiB is sent when [8.5, 9) MiB starts a new run,
+        // which then grows over it.
+        let mib = 1usize << 20;
+        for (at, n, seed) in [
+            (9 * mib, mib, 1u64),
+            (8 * mib + mib / 2, mib / 2, 2),
+            (9 * mib, mib / 2, 3),
+        ] {
+            let bytes = data(n, seed);
+            up.write_at(at as u64, Bytes::from(bytes.clone()))
+                .await
+                .unwrap();
+            model[at..at + n].copy_from_slice(&bytes);
+        }
+    }
     up.commit(None, false).await.unwrap();
     assert!(get(&store, "img-w").await == model, "committed content");
     store.delete("img-w").await.unwrap();

@@ -9,8 +9,8 @@
 //! Glance's file store makes, were one OSD op each). Up to
 //! `MAX_IN_FLIGHT_BYTES` are queued in librbd at once, and a failure is
 //! reported by a later write, `read_at` or commit, so close() still returns
-//! it. librbd does not order writes in flight together, so a write that
-//! overlaps one still in flight first waits for all of them (the later
+//! it. librbd does not order writes in flight together, so gathered writes
+//! that overlap one still in flight first wait for all of them (the later
 //! write must win; sequential writes never wait).
 //! An image whose final size is unknown grows in doubling steps (at most
 //! 8 GiB at a time) and is trimmed at commit, as Glance's driver does.
@@ -172,14 +172,28 @@ impl RbdUpload {
         }
     }
 
-    /// Queues the gathered writes in librbd, then waits until at most
-    /// `MAX_IN_FLIGHT_BYTES` are in flight. A write librbd refuses fails
-    /// the upload (earlier writes in it were already answered).
+    /// Queues the gathered writes in librbd (after every write in flight
+    /// if they overlap one), then waits until at most `MAX_IN_FLIGHT_BYTES`
+    /// are in flight. A write librbd refuses fails the upload (earlier
+    /// writes in it were already answered).
     async fn send(&self) -> Result<()> {
         let Some(g) = self.gathered.lock().unwrap().take() else {
             return Ok(());
         };
         let range = g.start..g.start + g.len;
+        let overlapping: Vec<_> = {
+            let mut q = self.in_flight.lock().unwrap();
+            if q.iter()
+                .any(|(r, _)| r.start < range.end && range.start < r.end)
+            {
+                q.drain(..).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        for (_, op) in overlapping {
+            self.note(op.wait().await);
+        }
         let img = self.img()?;
         let queued = if g.pieces.len() == 1 {
             img.write(g.start, g.pieces.into_iter().next().expect("one piece"))
@@ -475,13 +489,6 @@ impl Upload for RbdUpload {
         };
         if !appended {
             self.send().await?;
-            let overlaps = {
-                let q = self.in_flight.lock().unwrap();
-                q.iter().any(|(r, _)| r.start < end && offset < r.end)
-            };
-            if overlaps {
-                self.drain().await?;
-            }
             *self.gathered.lock().unwrap() = Some(Gathered {
                 start: offset,
                 len: data.len() as u64,
