@@ -476,34 +476,34 @@ impl Upload for RbdUpload {
         }
         self.grow_to(end).await?;
         self.fresh_from = self.fresh_from.max(end);
-        let appended = {
+        // Where the run holding this write starts: the gathered one if this
+        // write follows it, else a new one.
+        let appended_to = {
             let mut g = self.gathered.lock().unwrap();
             match g.as_mut() {
                 Some(g) if g.start + g.len == offset => {
                     g.len += data.len() as u64;
                     g.pieces.push(data.clone());
-                    true
+                    Some(g.start)
                 }
-                _ => false,
+                _ => None,
             }
         };
-        if !appended {
-            self.send().await?;
-            *self.gathered.lock().unwrap() = Some(Gathered {
-                start: offset,
-                len: data.len() as u64,
-                pieces: vec![data],
-            });
-        }
+        let start = match appended_to {
+            Some(start) => start,
+            None => {
+                self.send().await?;
+                *self.gathered.lock().unwrap() = Some(Gathered {
+                    start: offset,
+                    len: data.len() as u64,
+                    pieces: vec![data],
+                });
+                offset
+            }
+        };
         // Sent once it reaches the end of an object (or crosses one).
         let object = 1u64 << self.conn.layout.order;
-        let complete = self
-            .gathered
-            .lock()
-            .unwrap()
-            .as_ref()
-            .is_some_and(|g| end % object == 0 || g.start / object != end / object);
-        if complete {
+        if end % object == 0 || start / object != end / object {
             self.send().await?;
         }
         self.check_failed()
