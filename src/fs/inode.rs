@@ -72,6 +72,12 @@ pub struct ImageNode {
     /// The attributes of a write being committed, taken out of `staging`:
     /// what the image is about to be, shown until the commit ends.
     pub publishing: Mutex<Option<Attr>>,
+    /// Held by the commit in progress, from when it takes the staging
+    /// until the store has published it: commits of one inode run one
+    /// after another, and a new staging (based on the image as it is) or a
+    /// read of the store waits for the version being committed. Taken
+    /// while holding `staging`, never the other way round.
+    pub committing: tokio::sync::Mutex<()>,
 }
 
 impl PartialEq for ImageNode {
@@ -192,6 +198,7 @@ impl Inodes {
             io: Mutex::new(IoState::default()),
             meta: Mutex::new(None),
             publishing: Mutex::new(None),
+            committing: tokio::sync::Mutex::new(()),
         });
         t.entries.insert(
             ino,

@@ -931,6 +931,8 @@ impl ImageFs {
         if guard.is_some() {
             return Ok(());
         }
+        // A new version starts from the one being committed, once it is.
+        drop(img.committing.lock().await);
         let name = Self::name_of(img)?;
         let store = &self.stores[img.store];
         if !store.capabilities().modify && how == UploadMode::Modify {
@@ -955,6 +957,8 @@ impl ImageFs {
                 return Ok(st.upload.read_at(offset, size).await?);
             }
         }
+        // Not the version a commit in progress is replacing.
+        drop(img.committing.lock().await);
         let name = Self::name_of(&img)?;
         let store = &self.stores[img.store];
         if store.capabilities().local_files {
@@ -1053,6 +1057,8 @@ impl ImageFs {
         }
         match guard.take() {
             Some(st) => {
+                // After an earlier commit still publishing (a release's).
+                let _committing = img.committing.lock().await;
                 // Stats during the commit show the new version, not the
                 // one it replaces.
                 *img.publishing.lock().unwrap() = Some(self.staged_attr(img, &st));

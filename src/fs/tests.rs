@@ -240,6 +240,32 @@ async fn stat_during_a_commit_shows_the_new_version() {
     assert_eq!(on_disk(&r.dirs[0], "img").unwrap().len(), 23456);
 }
 
+/// A truncate by path that arrives while a release still commits the
+/// version before it waits for that commit and starts from it: the last
+/// change wins, on the inode and in the store.
+#[tokio::test]
+async fn a_change_during_a_commit_comes_after_it() {
+    let r = rig();
+    let (ino, fh) = create(&r.fs, A, "img").await;
+    r.fs.write(fh, 0, Bytes::from(vec![7u8; 12345]))
+        .await
+        .unwrap();
+    close(&r.fs, fh).await.unwrap();
+    let fh = r.fs.open(ino, libc::O_WRONLY).await.unwrap().fh;
+    let size = |n| SetAttrRequest {
+        size: Some(n),
+        ..Default::default()
+    };
+    r.fs.setattr(ino, None, size(23456)).await.unwrap();
+    let mut release = Box::pin(r.fs.release(fh));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(release.as_mut().poll(&mut cx).is_pending());
+    let (_, shrunk) = tokio::join!(release, r.fs.setattr(ino, None, size(1)));
+    assert_eq!(shrunk.unwrap().size, 1);
+    assert_eq!(r.fs.getattr(ino).await.unwrap().size, 1);
+    assert_eq!(on_disk(&r.dirs[0], "img").unwrap(), vec![7u8]);
+}
+
 #[tokio::test]
 async fn namespace_rules_and_errnos() {
     let r = rig();
