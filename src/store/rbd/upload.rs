@@ -13,7 +13,9 @@
 //! that overlap one still in flight first wait for all of them (the later
 //! write must win; sequential writes never wait).
 //! An image whose final size is unknown grows in doubling steps (at most
-//! 8 GiB at a time) and is trimmed at commit, as Glance's driver does.
+//! 8 GiB at a time) and is trimmed at commit, as Glance's driver does, but
+//! from 1 GiB rather than one object: every growth waits for the writes in
+//! flight, and trimming space never written costs next to nothing.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -33,7 +35,8 @@ use crate::store::{
 /// Bytes of writes queued in librbd at once per upload (besides the
 /// object being gathered).
 const MAX_IN_FLIGHT_BYTES: u64 = 16 << 20;
-/// Largest single growth step of an image of unknown size.
+/// First and largest growth steps of an image of unknown size.
+const FIRST_GROW: u64 = 1 << 30;
 const MAX_GROW: u64 = 8 << 30;
 /// Bytes per step when data is copied rather than cloned.
 const COPY_CHUNK: u64 = 4 << 20;
@@ -236,21 +239,24 @@ impl RbdUpload {
 
     /// Resizes the RBD image (no writes in flight).
     async fn resize(&mut self, size: u64) -> Result<()> {
+        let t0 = std::time::Instant::now();
         self.drain().await?;
+        let drained = t0.elapsed();
         let (img, id) = (self.img()?.clone(), self.id.clone());
         blocking(move || img.resize(size).map_err(|e| map_err(&id, e))).await?;
+        tracing::debug!(id = self.id, from = self.size, to = size, ?drained, took = ?t0.elapsed(), "resized");
         self.size = size;
         Ok(())
     }
 
-    /// Grows the image so `end` fits: doubling steps, at most 8 GiB each,
-    /// rounded up to whole objects.
+    /// Grows the image so `end` fits: doubling steps from 1 GiB, at most
+    /// 8 GiB each, rounded up to whole objects.
     async fn grow_to(&mut self, end: u64) -> Result<()> {
         if end <= self.size {
             return Ok(());
         }
         let object = 1u64 << self.conn.layout.order;
-        let step = self.size.clamp(object, MAX_GROW);
+        let step = self.size.clamp(FIRST_GROW, MAX_GROW);
         let want = end.max(self.size + step).div_ceil(object) * object;
         self.resize(want).await
     }
