@@ -34,7 +34,7 @@ use crate::store::{
 
 /// Bytes of writes queued in librbd at once per upload (besides the
 /// object being gathered).
-const MAX_IN_FLIGHT_BYTES: u64 = 16 << 20;
+const MAX_IN_FLIGHT_BYTES: u64 = 48 << 20;
 /// First and largest growth steps of an image of unknown size.
 const FIRST_GROW: u64 = 1 << 30;
 const MAX_GROW: u64 = 8 << 30;
