@@ -214,26 +214,45 @@ async fn truncate_on_open_replaces_the_content() {
 /// A truncate by path while a writer is open is left to the writer's
 /// release (the kernel does not wait for releases): while that release
 /// commits, stat shows the truncated size, never the version replaced.
-#[tokio::test]
-async fn stat_during_a_commit_shows_the_new_version() {
-    let r = rig();
-    let (ino, fh) = create(&r.fs, A, "img").await;
-    r.fs.write(fh, 0, Bytes::from(vec![7u8; 12345]))
+fn resize_to(size: u64) -> SetAttrRequest {
+    SetAttrRequest {
+        size: Some(size),
+        ..Default::default()
+    }
+}
+
+/// An image "img" of 12345 bytes, open for writing, truncated by path to
+/// 23456 (left to the writer's release); returns its inode and handle.
+async fn grown_while_open(fs: &ImageFs) -> (u64, u64) {
+    let (ino, fh) = create(fs, A, "img").await;
+    fs.write(fh, 0, Bytes::from(vec![7u8; 12345]))
         .await
         .unwrap();
-    close(&r.fs, fh).await.unwrap();
-    let fh = r.fs.open(ino, libc::O_WRONLY).await.unwrap().fh;
-    let grow = SetAttrRequest {
-        size: Some(23456),
-        ..Default::default()
-    };
-    assert_eq!(r.fs.setattr(ino, None, grow).await.unwrap().size, 23456);
-    let mut release = Box::pin(r.fs.release(fh));
+    close(fs, fh).await.unwrap();
+    let fh = fs.open(ino, libc::O_WRONLY).await.unwrap().fh;
+    assert_eq!(
+        fs.setattr(ino, None, resize_to(23456)).await.unwrap().size,
+        23456
+    );
+    (ino, fh)
+}
+
+/// The last release of `fh`, started: its commit waits for the store.
+fn release_started(fs: &ImageFs, fh: u64) -> std::pin::Pin<Box<impl Future<Output = ()> + '_>> {
+    let mut release = Box::pin(fs.release(fh));
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     assert!(
         release.as_mut().poll(&mut cx).is_pending(),
         "the commit waits for the store"
     );
+    release
+}
+
+#[tokio::test]
+async fn stat_during_a_commit_shows_the_new_version() {
+    let r = rig();
+    let (ino, fh) = grown_while_open(&r.fs).await;
+    let release = release_started(&r.fs, fh);
     assert_eq!(r.fs.getattr(ino).await.unwrap().size, 23456);
     release.await;
     assert_eq!(r.fs.getattr(ino).await.unwrap().size, 23456);
@@ -246,21 +265,9 @@ async fn stat_during_a_commit_shows_the_new_version() {
 #[tokio::test]
 async fn a_change_during_a_commit_comes_after_it() {
     let r = rig();
-    let (ino, fh) = create(&r.fs, A, "img").await;
-    r.fs.write(fh, 0, Bytes::from(vec![7u8; 12345]))
-        .await
-        .unwrap();
-    close(&r.fs, fh).await.unwrap();
-    let fh = r.fs.open(ino, libc::O_WRONLY).await.unwrap().fh;
-    let size = |n| SetAttrRequest {
-        size: Some(n),
-        ..Default::default()
-    };
-    r.fs.setattr(ino, None, size(23456)).await.unwrap();
-    let mut release = Box::pin(r.fs.release(fh));
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    assert!(release.as_mut().poll(&mut cx).is_pending());
-    let (_, shrunk) = tokio::join!(release, r.fs.setattr(ino, None, size(1)));
+    let (ino, fh) = grown_while_open(&r.fs).await;
+    let release = release_started(&r.fs, fh);
+    let (_, shrunk) = tokio::join!(release, r.fs.setattr(ino, None, resize_to(1)));
     assert_eq!(shrunk.unwrap().size, 1);
     assert_eq!(r.fs.getattr(ino).await.unwrap().size, 1);
     assert_eq!(on_disk(&r.dirs[0], "img").unwrap(), vec![7u8]);
