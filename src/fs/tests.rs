@@ -211,9 +211,6 @@ async fn truncate_on_open_replaces_the_content() {
     assert_eq!(on_disk(&r.dirs[0], "img").unwrap(), b"new");
 }
 
-/// A truncate by path while a writer is open is left to the writer's
-/// release (the kernel does not wait for releases): while that release
-/// commits, stat shows the truncated size, never the version replaced.
 fn resize_to(size: u64) -> SetAttrRequest {
     SetAttrRequest {
         size: Some(size),
@@ -248,6 +245,9 @@ fn release_started(fs: &ImageFs, fh: u64) -> std::pin::Pin<Box<impl Future<Outpu
     release
 }
 
+/// A truncate by path while a writer is open is left to the writer's
+/// release (the kernel does not wait for releases): while that release
+/// commits, stat shows the truncated size, never the version replaced.
 #[tokio::test]
 async fn stat_during_a_commit_shows_the_new_version() {
     let r = rig();
