@@ -74,9 +74,11 @@ pub struct ImageNode {
     pub publishing: Mutex<Option<Attr>>,
     /// Held by the commit in progress, from when it takes the staging
     /// until the store has published it: commits of one inode run one
-    /// after another, and a new staging (based on the image as it is) or a
-    /// read of the store waits for the version being committed. Taken
-    /// while holding `staging`, never the other way round.
+    /// after another, and what must come after the version being
+    /// committed waits for it: a new staging (based on the image as it
+    /// is), a read of the store, fsync/close with nothing staged, unlink,
+    /// rename (of it or onto it) and chmod/chown/utimes. Taken while
+    /// holding `staging`, never the other way round.
     pub committing: tokio::sync::Mutex<()>,
 }
 

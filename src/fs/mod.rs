@@ -529,6 +529,9 @@ impl ImageFs {
         if let Some(img) = self.inodes.by_name(s, name) {
             let open = img.io.lock().unwrap().handles() > 0;
             let mut guard = img.staging.lock().await;
+            // A commit in progress (a release's) ends first: what it
+            // publishes is what goes, and it cannot come back afterwards.
+            drop(img.committing.lock().await);
             let was_new = unpublished_new(&guard);
             if open && guard.is_none() {
                 // Handles still open keep the content after the name is gone:
@@ -592,9 +595,12 @@ impl ImageFs {
         // A write in progress under the target name is replaced too.
         if !noreplace {
             if let Some(img) = self.inodes.by_name(s, newname) {
-                if let Some(st) = img.staging.lock().await.take() {
+                let mut guard = img.staging.lock().await;
+                if let Some(st) = guard.take() {
                     st.abort().await?;
                 }
+                // A commit in progress there would publish over the rename.
+                drop(img.committing.lock().await);
             }
         }
         let result = self.stores[s].rename(name, newname, !noreplace).await;
@@ -683,6 +689,8 @@ impl ImageFs {
             match guard.as_mut() {
                 Some(st) => st.set_attrs(&attrs).await?,
                 None => {
+                    // A commit in progress would publish over the change.
+                    drop(img.committing.lock().await);
                     drop(guard);
                     let name = Self::name_of(&img)?;
                     store.set_attrs(&name, &attrs).await?;
@@ -1065,7 +1073,13 @@ impl ImageFs {
                 drop(guard);
                 self.publish(img, st, durable).await
             }
-            None => Ok(()),
+            None => {
+                // Nothing staged here, but a commit may be in progress (a
+                // release's, which the kernel does not wait for): fsync,
+                // close and rename return after it has published.
+                drop(img.committing.lock().await);
+                Ok(())
+            }
         }
     }
 

@@ -273,6 +273,75 @@ async fn a_change_during_a_commit_comes_after_it() {
     assert_eq!(on_disk(&r.dirs[0], "img").unwrap(), vec![7u8]);
 }
 
+/// An unlink that arrives while a release still commits waits for that
+/// commit and then removes what it published: the image does not come
+/// back under its name once unlink has returned.
+#[tokio::test]
+async fn an_unlink_during_a_commit_comes_after_it() {
+    let r = rig();
+    let (ino, fh) = grown_while_open(&r.fs).await;
+    let release = release_started(&r.fs, fh);
+    let (_, unlinked) = tokio::join!(release, r.fs.unlink(A, "img"));
+    unlinked.unwrap();
+    assert_eq!(r.fs.lookup(A, "img").await.unwrap_err().errno, libc::ENOENT);
+    assert_eq!(r.fs.getattr(ino).await.unwrap().nlink, 0);
+    assert_eq!(on_disk(&r.dirs[0], "img"), None);
+}
+
+/// A rename that arrives while a release still commits waits for that
+/// commit and moves what it published, not the version it replaced.
+#[tokio::test]
+async fn a_rename_during_a_commit_comes_after_it() {
+    let r = rig();
+    let (_, fh) = grown_while_open(&r.fs).await;
+    let release = release_started(&r.fs, fh);
+    let (_, renamed) = tokio::join!(release, r.fs.rename(A, "img", A, "new", false, false));
+    renamed.unwrap();
+    assert_eq!(r.fs.lookup(A, "img").await.unwrap_err().errno, libc::ENOENT);
+    assert_eq!(r.fs.lookup(A, "new").await.unwrap().size, 23456);
+    assert_eq!(on_disk(&r.dirs[0], "img"), None);
+    let mut want = vec![7u8; 12345];
+    want.resize(23456, 0);
+    assert!(on_disk(&r.dirs[0], "new") == Some(want), "new differs");
+}
+
+/// A rename onto an image whose release still commits waits for that
+/// commit: the renamed image is what stays under the name.
+#[tokio::test]
+async fn a_rename_onto_an_image_being_committed_comes_after_it() {
+    let r = rig();
+    let (_, other) = create(&r.fs, A, "other").await;
+    r.fs.write(other, 0, Bytes::from_static(b"other"))
+        .await
+        .unwrap();
+    close(&r.fs, other).await.unwrap();
+    let (_, fh) = grown_while_open(&r.fs).await;
+    let release = release_started(&r.fs, fh);
+    let (_, renamed) = tokio::join!(release, r.fs.rename(A, "other", A, "img", false, false));
+    renamed.unwrap();
+    assert_eq!(r.fs.lookup(A, "img").await.unwrap().size, 5);
+    assert_eq!(on_disk(&r.dirs[0], "img").unwrap(), b"other");
+    assert_eq!(on_disk(&r.dirs[0], "other"), None);
+}
+
+/// A chmod that arrives while a release still commits applies to what
+/// that commit publishes, and is not lost under it.
+#[tokio::test]
+async fn a_chmod_during_a_commit_comes_after_it() {
+    let r = rig();
+    let (ino, fh) = grown_while_open(&r.fs).await;
+    let release = release_started(&r.fs, fh);
+    let chmod = SetAttrRequest {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    let (_, changed) = tokio::join!(release, r.fs.setattr(ino, None, chmod));
+    assert_eq!(changed.unwrap().perm, 0o600);
+    let fresh = rig_with(r._tmp, &["a", "b"]);
+    let attr = fresh.fs.lookup(A, "img").await.unwrap();
+    assert_eq!((attr.perm, attr.size), (0o600, 23456));
+}
+
 #[tokio::test]
 async fn namespace_rules_and_errnos() {
     let r = rig();
