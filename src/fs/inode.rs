@@ -76,9 +76,10 @@ pub struct ImageNode {
     /// until the store has published it: commits of one inode run one
     /// after another, and what must come after the version being
     /// committed waits for it: a new staging (based on the image as it
-    /// is), a read of the store, fsync/close with nothing staged, unlink,
-    /// rename (of it or onto it) and chmod/chown/utimes. Taken while
-    /// holding `staging`, never the other way round.
+    /// is), a read of the store or of its xattrs, fsync/close with nothing
+    /// staged, unlink, rename (of it or onto it), chmod/chown/utimes and a
+    /// server-side copy from it. Taken while holding `staging`, never the
+    /// other way round.
     pub committing: tokio::sync::Mutex<()>,
 }
 

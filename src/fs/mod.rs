@@ -1023,10 +1023,13 @@ impl ImageFs {
             return Err(err!(libc::EXDEV, "copy across stores"));
         }
         let store = &self.stores[src.store];
-        if !store.capabilities().server_side_copy
-            || src.ino == dst.ino
-            || src.staging.lock().await.is_some()
-        {
+        let src_staged = {
+            let guard = src.staging.lock().await;
+            // A commit in progress publishes the version to copy.
+            drop(src.committing.lock().await);
+            guard.is_some()
+        };
+        if !store.capabilities().server_side_copy || src.ino == dst.ino || src_staged {
             return Err(err!(libc::EOPNOTSUPP, "no server-side copy for this pair"));
         }
         let src_name = Self::name_of(&src)?;
@@ -1184,6 +1187,14 @@ impl ImageFs {
         None
     }
 
+    /// Whether `img` is a new image not published yet, once a commit in
+    /// progress has ended (its xattrs are the ones to show).
+    async fn unpublished_new_after_commits(&self, img: &ImageNode) -> bool {
+        let guard = img.staging.lock().await;
+        drop(img.committing.lock().await);
+        unpublished_new(&guard)
+    }
+
     pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
         if let Some(answer) = self.getxattr_now(ino, name) {
             return answer;
@@ -1191,7 +1202,7 @@ impl ImageFs {
         let img = self.image(ino)?;
         let id = Self::name_of(&img)?;
         let store = &self.stores[img.store];
-        if unpublished_new(&*img.staging.lock().await) {
+        if self.unpublished_new_after_commits(&img).await {
             return Err(err!(libc::ENODATA, "{id}: not committed yet"));
         }
         Ok(store.get_xattr(&id, name).await?)
@@ -1204,7 +1215,7 @@ impl ImageFs {
         };
         let id = Self::name_of(&img)?;
         let mut names = vec![XATTR_LOCATION.to_string()];
-        if !unpublished_new(&*img.staging.lock().await) {
+        if !self.unpublished_new_after_commits(&img).await {
             names.extend(
                 self.stores[img.store]
                     .list_xattrs(&id)

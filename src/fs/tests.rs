@@ -324,6 +324,41 @@ async fn a_rename_onto_an_image_being_committed_comes_after_it() {
     assert_eq!(on_disk(&r.dirs[0], "other"), None);
 }
 
+/// A server-side copy from an image whose release still commits copies
+/// what that commit publishes, not the version it replaces.
+#[tokio::test]
+async fn a_copy_during_a_commit_copies_what_it_publishes() {
+    let r = rig();
+    let (ino, fh) = grown_while_open(&r.fs).await;
+    let (_, dfh) = create(&r.fs, A, "dst").await;
+    let release = release_started(&r.fs, fh);
+    let copy = async {
+        let sfh = r.fs.open(ino, libc::O_RDONLY).await.unwrap().fh;
+        let n = r.fs.copy_file_range(sfh, 0, dfh, 0, 1 << 30).await;
+        r.fs.release(sfh).await;
+        n
+    };
+    let (_, copied) = tokio::join!(release, copy);
+    assert_eq!(copied.unwrap(), 23456);
+    close(&r.fs, dfh).await.unwrap();
+    let mut want = vec![7u8; 12345];
+    want.resize(23456, 0);
+    assert!(on_disk(&r.dirs[0], "dst") == Some(want), "dst differs");
+}
+
+/// The checksum asked for while a release still commits is that of the
+/// version it publishes.
+#[tokio::test]
+async fn checksums_asked_during_a_commit_are_those_it_publishes() {
+    let r = rig();
+    let (ino, fh) = grown_while_open(&r.fs).await;
+    let release = release_started(&r.fs, fh);
+    let (_, sum) = tokio::join!(release, r.fs.getxattr(ino, XATTR_CHECKSUM));
+    let mut want = vec![7u8; 12345];
+    want.resize(23456, 0);
+    assert_eq!(sum.unwrap(), md5_hex(&want).into_bytes());
+}
+
 /// A chmod that arrives while a release still commits applies to what
 /// that commit publishes, and is not lost under it.
 #[tokio::test]
