@@ -245,6 +245,20 @@ fn release_started(fs: &ImageFs, fh: u64) -> std::pin::Pin<Box<impl Future<Outpu
     release
 }
 
+/// Runs `op` while the release of `fh` commits; what `op` returned, once
+/// both have ended.
+async fn while_committing<T>(fs: &ImageFs, fh: u64, op: impl Future<Output = T>) -> T {
+    let release = release_started(fs, fh);
+    tokio::join!(release, op).1
+}
+
+/// What the release after `grown_while_open` commits.
+fn grown_content() -> Vec<u8> {
+    let mut want = vec![7u8; 12345];
+    want.resize(23456, 0);
+    want
+}
+
 /// A truncate by path while a writer is open is left to the writer's
 /// release (the kernel does not wait for releases): while that release
 /// commits, stat shows the truncated size, never the version replaced.
@@ -266,8 +280,7 @@ async fn stat_during_a_commit_shows_the_new_version() {
 async fn a_change_during_a_commit_comes_after_it() {
     let r = rig();
     let (ino, fh) = grown_while_open(&r.fs).await;
-    let release = release_started(&r.fs, fh);
-    let (_, shrunk) = tokio::join!(release, r.fs.setattr(ino, None, resize_to(1)));
+    let shrunk = while_committing(&r.fs, fh, r.fs.setattr(ino, None, resize_to(1))).await;
     assert_eq!(shrunk.unwrap().size, 1);
     assert_eq!(r.fs.getattr(ino).await.unwrap().size, 1);
     assert_eq!(on_disk(&r.dirs[0], "img").unwrap(), vec![7u8]);
@@ -280,8 +293,7 @@ async fn a_change_during_a_commit_comes_after_it() {
 async fn an_unlink_during_a_commit_comes_after_it() {
     let r = rig();
     let (ino, fh) = grown_while_open(&r.fs).await;
-    let release = release_started(&r.fs, fh);
-    let (_, unlinked) = tokio::join!(release, r.fs.unlink(A, "img"));
+    let unlinked = while_committing(&r.fs, fh, r.fs.unlink(A, "img")).await;
     unlinked.unwrap();
     assert_eq!(r.fs.lookup(A, "img").await.unwrap_err().errno, libc::ENOENT);
     assert_eq!(r.fs.getattr(ino).await.unwrap().nlink, 0);
@@ -294,15 +306,15 @@ async fn an_unlink_during_a_commit_comes_after_it() {
 async fn a_rename_during_a_commit_comes_after_it() {
     let r = rig();
     let (_, fh) = grown_while_open(&r.fs).await;
-    let release = release_started(&r.fs, fh);
-    let (_, renamed) = tokio::join!(release, r.fs.rename(A, "img", A, "new", false, false));
-    renamed.unwrap();
+    let rename = r.fs.rename(A, "img", A, "new", false, false);
+    while_committing(&r.fs, fh, rename).await.unwrap();
     assert_eq!(r.fs.lookup(A, "img").await.unwrap_err().errno, libc::ENOENT);
     assert_eq!(r.fs.lookup(A, "new").await.unwrap().size, 23456);
     assert_eq!(on_disk(&r.dirs[0], "img"), None);
-    let mut want = vec![7u8; 12345];
-    want.resize(23456, 0);
-    assert!(on_disk(&r.dirs[0], "new") == Some(want), "new differs");
+    assert!(
+        on_disk(&r.dirs[0], "new") == Some(grown_content()),
+        "new differs"
+    );
 }
 
 /// A rename onto an image whose release still commits waits for that
@@ -316,9 +328,8 @@ async fn a_rename_onto_an_image_being_committed_comes_after_it() {
         .unwrap();
     close(&r.fs, other).await.unwrap();
     let (_, fh) = grown_while_open(&r.fs).await;
-    let release = release_started(&r.fs, fh);
-    let (_, renamed) = tokio::join!(release, r.fs.rename(A, "other", A, "img", false, false));
-    renamed.unwrap();
+    let rename = r.fs.rename(A, "other", A, "img", false, false);
+    while_committing(&r.fs, fh, rename).await.unwrap();
     assert_eq!(r.fs.lookup(A, "img").await.unwrap().size, 5);
     assert_eq!(on_disk(&r.dirs[0], "img").unwrap(), b"other");
     assert_eq!(on_disk(&r.dirs[0], "other"), None);
@@ -331,19 +342,19 @@ async fn a_copy_during_a_commit_copies_what_it_publishes() {
     let r = rig();
     let (ino, fh) = grown_while_open(&r.fs).await;
     let (_, dfh) = create(&r.fs, A, "dst").await;
-    let release = release_started(&r.fs, fh);
     let copy = async {
         let sfh = r.fs.open(ino, libc::O_RDONLY).await.unwrap().fh;
         let n = r.fs.copy_file_range(sfh, 0, dfh, 0, 1 << 30).await;
         r.fs.release(sfh).await;
         n
     };
-    let (_, copied) = tokio::join!(release, copy);
+    let copied = while_committing(&r.fs, fh, copy).await;
     assert_eq!(copied.unwrap(), 23456);
     close(&r.fs, dfh).await.unwrap();
-    let mut want = vec![7u8; 12345];
-    want.resize(23456, 0);
-    assert!(on_disk(&r.dirs[0], "dst") == Some(want), "dst differs");
+    assert!(
+        on_disk(&r.dirs[0], "dst") == Some(grown_content()),
+        "dst differs"
+    );
 }
 
 /// The checksum asked for while a release still commits is that of the
@@ -352,11 +363,8 @@ async fn a_copy_during_a_commit_copies_what_it_publishes() {
 async fn checksums_asked_during_a_commit_are_those_it_publishes() {
     let r = rig();
     let (ino, fh) = grown_while_open(&r.fs).await;
-    let release = release_started(&r.fs, fh);
-    let (_, sum) = tokio::join!(release, r.fs.getxattr(ino, XATTR_CHECKSUM));
-    let mut want = vec![7u8; 12345];
-    want.resize(23456, 0);
-    assert_eq!(sum.unwrap(), md5_hex(&want).into_bytes());
+    let sum = while_committing(&r.fs, fh, r.fs.getxattr(ino, XATTR_CHECKSUM)).await;
+    assert_eq!(sum.unwrap(), md5_hex(&grown_content()).into_bytes());
 }
 
 /// A chmod that arrives while a release still commits applies to what
@@ -365,12 +373,11 @@ async fn checksums_asked_during_a_commit_are_those_it_publishes() {
 async fn a_chmod_during_a_commit_comes_after_it() {
     let r = rig();
     let (ino, fh) = grown_while_open(&r.fs).await;
-    let release = release_started(&r.fs, fh);
     let chmod = SetAttrRequest {
         mode: Some(0o600),
         ..Default::default()
     };
-    let (_, changed) = tokio::join!(release, r.fs.setattr(ino, None, chmod));
+    let changed = while_committing(&r.fs, fh, r.fs.setattr(ino, None, chmod)).await;
     assert_eq!(changed.unwrap().perm, 0o600);
     let fresh = rig_with(r._tmp, &["a", "b"]);
     let attr = fresh.fs.lookup(A, "img").await.unwrap();
