@@ -56,11 +56,8 @@ fuse_tests file
 step "FUSE tests (rbd store, on the Ceph cluster)"
 fuse_tests rbd
 
-# On S3 every test runs but unlink_while_open: S3 keeps nothing of a deleted
-# object, so reads through a handle opened before the unlink fail (ESTALE)
-# instead of seeing the old content.
 step "FUSE tests (s3 store, on RGW)"
-fuse_tests s3 --skip unlink_while_open
+fuse_tests s3
 
 step "done"
 echo "unit+conformance: $unit_passed passed, $unit_failed failed; fuse-tests: $fuse_passed passed, $fuse_failed failed"

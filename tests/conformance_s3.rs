@@ -235,6 +235,82 @@ async fn readers_are_pinned_to_their_version() {
     assert_eq!(st.read("img", 0, 4).await.unwrap(), &b"v2v2"[..]);
 }
 
+/// Keys under `prefix`, listed with the SDK directly.
+async fn keys_with_prefix(s: &S3Store, bucket: &str, prefix: &str) -> Vec<String> {
+    let r = s
+        .client()
+        .list_objects_v2()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap();
+    r.contents()
+        .iter()
+        .filter_map(|o| o.key().map(str::to_string))
+        .collect()
+}
+
+/// Open readers follow this process's renames and unlinks, as open files
+/// do: a renamed image is read at its new key, an unlinked or replaced one
+/// from a hidden copy that gc leaves alone while it is held and the last
+/// reader deletes. Objects written by imagefs and by Glance (boto3, no
+/// imagefs metadata) alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_follow_renames_and_unlinks() {
+    let (s, _bucket) = store("follow").await;
+    let st: Arc<dyn Store> = s.clone();
+    let b = bucket_of("follow");
+    let (v1, v2) = (conformance::data(6 << 20, 1), conformance::data(5000, 2));
+    conformance::put(&st, "img", &v1).await;
+    conformance::put(&st, "other", &v2).await;
+    boto3(format!(
+        "S3.put_object(Bucket='{b}', Key='glance', Body=b'from glance' * 1000)"
+    ))
+    .await;
+    let r1 = st.open_reader("img").await.unwrap().unwrap();
+    let r2 = st.open_reader("other").await.unwrap().unwrap();
+    let r3 = st.open_reader("glance").await.unwrap().unwrap();
+    assert_eq!(r1.read(0, 100).await.unwrap(), &v1[..100]);
+
+    st.rename("img", "moved", false).await.unwrap();
+    assert_eq!(r1.read(100, 100).await.unwrap(), &v1[100..200], "renamed");
+    // Over "other": its reader keeps the replaced image.
+    st.rename("moved", "other", true).await.unwrap();
+    st.delete("other").await.unwrap();
+    st.delete("glance").await.unwrap();
+    assert_eq!(
+        r1.read((6 << 20) - 100, 100).await.unwrap(),
+        &v1[(6 << 20) - 100..],
+        "unlinked"
+    );
+    assert_eq!(r2.read(0, 5000).await.unwrap(), &v2[..], "replaced");
+    assert_eq!(
+        r3.read(0, 11).await.unwrap(),
+        &b"from glance"[..],
+        "unlinked"
+    );
+
+    let hidden = keys_with_prefix(&s, &b, ".imagefs-unlinked-").await;
+    assert_eq!(hidden.len(), 3, "{hidden:?}");
+    assert!(
+        st.list().await.unwrap().is_empty(),
+        "hidden copies are not images"
+    );
+    let found = st.gc(Duration::ZERO, false).await.unwrap();
+    assert!(found.is_empty(), "gc took held copies: {found:?}");
+
+    drop((r1, r2, r3));
+    let t = Instant::now();
+    while !keys_with_prefix(&s, &b, ".imagefs-unlinked-")
+        .await
+        .is_empty()
+    {
+        assert!(t.elapsed() < Duration::from_secs(20), "hidden copies left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// RGW (Pacific) honours If-None-Match: * on PutObject, so exclusive create
 /// is atomic there: checked with the SDK directly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

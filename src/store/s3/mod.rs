@@ -47,7 +47,7 @@ use super::{
 use crate::config::S3StoreConfig;
 use error::s3err;
 use object::{Bucket, Head, CONTENT, STORE_OBJECT};
-use reader::S3Reader;
+use reader::{Detached, S3Reader, DETACHED_PREFIX};
 use upload::S3Upload;
 
 pub use client::{location as location_of, path_style};
@@ -131,6 +131,22 @@ impl S3Store {
             Ok(new) => index::record(&self.bucket, id, old, &new).await,
             Err(e) => tracing::debug!(id, "attribute index: {e}"),
         }
+    }
+
+    /// Unlinks `id` (version `head`) that readers in this process hold:
+    /// it moves to a hidden key, which the last of them deletes.
+    async fn detach(&self, id: &str, head: &Head) -> Result<()> {
+        let hidden = format!("{DETACHED_PREFIX}{}", object::unique_token());
+        self.bucket.live.lock().unwrap().insert(hidden.clone());
+        let kept = Arc::new(Detached::new(self.bucket.clone(), hidden.clone()));
+        copy::copy(&self.bucket, id, head, &hidden, &head.meta).await?;
+        let copied = self.bucket.head_or(&hidden).await?;
+        self.bucket
+            .pins
+            .moved(id, head, &hidden, &copied.etag, Some(kept));
+        self.bucket.delete_key(id).await?;
+        tracing::debug!(id, hidden, "unlinked while open: kept for its readers");
+        Ok(())
     }
 
     /// Multipart uploads in the bucket: (key, upload id, initiated).
@@ -326,8 +342,12 @@ impl Store for S3Store {
     }
 
     async fn delete(&self, id: &str) -> Result<()> {
-        self.head_image(id).await?;
-        self.bucket.delete_key(id).await?;
+        let head = self.head_image(id).await?;
+        if self.bucket.pins.held(id, &head) {
+            self.detach(id, &head).await?;
+        } else {
+            self.bucket.delete_key(id).await?;
+        }
         index::forget(&self.bucket, id).await;
         self.bucket.touch_dir().await;
         Ok(())
@@ -340,12 +360,19 @@ impl Store for S3Store {
         if from == to {
             return Ok(());
         }
-        if !replace && self.bucket.head_opt(to).await?.is_some() {
-            return Err(StoreError::AlreadyExists(to.to_string()));
+        match self.bucket.head_opt(to).await? {
+            Some(_) if !replace => return Err(StoreError::AlreadyExists(to.to_string())),
+            // Readers of the replaced image keep reading it.
+            Some(old) if self.bucket.pins.held(to, &old) => self.detach(to, &old).await?,
+            _ => {}
         }
         index::forget(&self.bucket, to).await;
         copy::copy(&self.bucket, from, &head, to, &head.meta).await?;
         self.index(to, None).await;
+        // Readers of the image follow it to its new name.
+        if let Ok(moved) = self.bucket.head(to).await {
+            self.bucket.pins.moved(from, &head, to, &moved.etag, None);
+        }
         self.bucket.delete_key(from).await?;
         index::forget(&self.bucket, from).await;
         self.bucket.touch_dir().await;
@@ -472,7 +499,9 @@ impl Store for S3Store {
                 removed,
             });
         }
-        for o in self.bucket.list_keys(Some(TEMP_PREFIX), None).await? {
+        let mut hidden = self.bucket.list_keys(Some(TEMP_PREFIX), None).await?;
+        hidden.extend(self.bucket.list_keys(Some(DETACHED_PREFIX), None).await?);
+        for o in hidden {
             let Some(key) = o.key() else { continue };
             let at = o
                 .last_modified()

@@ -15,6 +15,7 @@ use tokio::sync::OnceCell;
 
 use super::error::{s3err, S3Error};
 use super::meta::{self, Meta};
+use super::reader::Pins;
 use crate::store::{ObjectMeta, Result, StoreError, TEMP_PREFIX};
 
 /// Metadata key holding an id that changes with every committed content
@@ -100,8 +101,11 @@ pub struct Bucket {
     created: OnceCell<()>,
     /// Whether `If-None-Match: *` on PutObject is honoured.
     conditional: OnceCell<bool>,
-    /// Claim keys and multipart upload ids of this process's live uploads.
+    /// Claim keys and multipart upload ids of this process's live uploads,
+    /// and the hidden keys of unlinked objects its readers still hold.
     pub live: Mutex<HashSet<String>>,
+    /// This process's open readers, by key.
+    pub pins: Pins,
 }
 
 impl Bucket {
@@ -154,6 +158,7 @@ impl Bucket {
             created: OnceCell::new(),
             conditional: OnceCell::new(),
             live: Mutex::new(HashSet::new()),
+            pins: Pins::default(),
         }
     }
 
