@@ -42,6 +42,7 @@ ALL_TESTS=(
     exclusive_create
     times_stable_after_create
     unlink_while_open
+    rename_while_open
     name_max
     errno_mkdir
     errno_symlink
@@ -753,6 +754,61 @@ base = os.urandom(8).hex()
 check("unl-new-" + base, None, os.O_RDWR | os.O_CREAT | os.O_EXCL)
 check("unl-rw-" + base, b"committed data", os.O_RDWR)
 check("unl-ro-" + base, b"committed data", os.O_RDONLY)
+if bad:
+    sys.exit("FAIL: " + "; ".join(bad))
+EOF2
+}
+
+t_rename_while_open() {
+    # POSIX: descriptors follow a renamed file, and one open on a file a
+    # rename replaces keeps reading the replaced content. Checked for a
+    # committed image open read-only and one open read-write (its write
+    # is committed at close under the new name).
+    python3 - "$SA" <<'EOF2'
+import os, sys
+d = sys.argv[1]
+bad = []
+base = os.urandom(8).hex()
+def p(n):
+    return os.path.join(d, f"ren-{n}-{base}")
+def put(n, data):
+    with open(p(n), "wb") as f:
+        f.write(data)
+def expect(what, got, want):
+    if got != want:
+        bad.append(f"{what}: {got!r}, expected {want!r}")
+old = os.urandom(3 << 20)
+put("ro", old)
+put("rw", old)
+put("target", b"replaced content")
+put("src", b"new content")
+ro = os.open(p("ro"), os.O_RDONLY)
+rw = os.open(p("rw"), os.O_RDWR)
+tg = os.open(p("target"), os.O_RDONLY)
+try:
+    os.rename(p("ro"), p("ro2"))
+    os.rename(p("rw"), p("rw2"))
+    os.rename(p("src"), p("target"))
+    def io(what, f, want):
+        try:
+            expect(what, f(), want)
+        except OSError as e:
+            bad.append(f"{what}: {e.strerror}")
+    io("read-only after rename", lambda: os.pread(ro, 100, (3 << 20) - 100), old[-100:])
+    io("write after rename", lambda: os.pwrite(rw, b"Hello", 0), 5)
+    io("read-write after rename", lambda: os.pread(rw, 8, 0), b"Hello" + old[5:8])
+    io("replaced target", lambda: os.pread(tg, 100, 0), b"replaced content")
+finally:
+    for fd in (ro, rw, tg):
+        os.close(fd)
+with open(p("rw2"), "rb") as f:
+    got = f.read()
+expect("rw2 after close", (len(got), got[:8], got[8:] == old[8:]), (len(old), b"Hello" + old[5:8], True))
+with open(p("target"), "rb") as f:
+    expect("target after close", f.read(), b"new content")
+for n in ("ro", "rw", "src"):
+    if os.path.exists(p(n)):
+        bad.append(f"{n}: still there after the rename")
 if bad:
     sys.exit("FAIL: " + "; ".join(bad))
 EOF2

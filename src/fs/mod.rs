@@ -595,12 +595,21 @@ impl ImageFs {
         // A write in progress under the target name is replaced too.
         if !noreplace {
             if let Some(img) = self.inodes.by_name(s, newname) {
+                let open = img.io.lock().unwrap().handles() > 0;
                 let mut guard = img.staging.lock().await;
-                if let Some(st) = guard.take() {
-                    st.abort().await?;
-                }
                 // A commit in progress there would publish over the rename.
                 drop(img.committing.lock().await);
+                if open && !unpublished_new(&guard) {
+                    // Handles still open on the image replaced keep its
+                    // content, as after an unlink: in a staging nobody
+                    // will commit.
+                    if guard.is_none() {
+                        self.ensure_staging(&img, &mut guard, UploadMode::Modify)
+                            .await?;
+                    }
+                } else if let Some(st) = guard.take() {
+                    st.abort().await?;
+                }
             }
         }
         let result = self.stores[s].rename(name, newname, !noreplace).await;
