@@ -763,7 +763,8 @@ t_rename_while_open() {
     # POSIX: descriptors follow a renamed file, and one open on a file a
     # rename replaces keeps reading the replaced content. Checked for a
     # committed image open read-only and one open read-write (its write
-    # is committed at close under the new name).
+    # is committed at close under the new name), and for a new image
+    # being written (written on under its new name).
     python3 - "$SA" <<'EOF2'
 import os, sys
 d = sys.argv[1]
@@ -785,7 +786,11 @@ put("src", b"new content")
 ro = os.open(p("ro"), os.O_RDONLY)
 rw = os.open(p("rw"), os.O_RDWR)
 tg = os.open(p("target"), os.O_RDONLY)
+nw = os.open(p("new"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+first = os.urandom(1 << 20)
+os.write(nw, first)
 try:
+    os.rename(p("new"), p("new2"))
     os.rename(p("ro"), p("ro2"))
     os.rename(p("rw"), p("rw2"))
     os.rename(p("src"), p("target"))
@@ -798,15 +803,18 @@ try:
     io("write after rename", lambda: os.pwrite(rw, b"Hello", 0), 5)
     io("read-write after rename", lambda: os.pread(rw, 8, 0), b"Hello" + old[5:8])
     io("replaced target", lambda: os.pread(tg, 100, 0), b"replaced content")
+    io("write to a new image after rename", lambda: os.write(nw, b"tail"), 4)
 finally:
-    for fd in (ro, rw, tg):
+    for fd in (ro, rw, tg, nw):
         os.close(fd)
+with open(p("new2"), "rb") as f:
+    expect("new2 after close", f.read() == first + b"tail", True)
 with open(p("rw2"), "rb") as f:
     got = f.read()
 expect("rw2 after close", (len(got), got[:8], got[8:] == old[8:]), (len(old), b"Hello" + old[5:8], True))
 with open(p("target"), "rb") as f:
     expect("target after close", f.read(), b"new content")
-for n in ("ro", "rw", "src"):
+for n in ("ro", "rw", "src", "new"):
     if os.path.exists(p(n)):
         bad.append(f"{n}: still there after the rename")
 if bad:
