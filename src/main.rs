@@ -101,8 +101,9 @@ fn load_config(args: &ConfigArgs) -> Result<Config, String> {
 fn open_stores(cfg: &Config) -> (Vec<Arc<dyn Store>>, Vec<String>) {
     let mut stores = Vec::new();
     let mut failed = Vec::new();
+    let budget = store::budget::WriteBudget::new(cfg.mount.write_in_flight_mb << 20);
     for s in &cfg.stores {
-        match store::open(s) {
+        match store::open(s, &budget) {
             Ok(st) => stores.push(st),
             Err(e) => failed.push(e),
         }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imagefs::config::RbdStoreConfig;
+use imagefs::store::budget::WriteBudget;
 use imagefs::store::{rbd::RbdStore, Store, StoreError, UploadMode, XATTR_CHECKSUM};
 
 fn ceph_conf() -> PathBuf {
@@ -105,6 +106,27 @@ macro_rules! rbd_store {
 }
 
 conformance_tests!(rbd_store!());
+
+/// Three uploads at once against a 16 MiB write budget (two objects).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_within_the_write_budget() {
+    let pool = tokio::task::spawn_blocking(|| fresh_pool("write-budget"))
+        .await
+        .unwrap();
+    let budget = WriteBudget::new(16 << 20);
+    let cfg = RbdStoreConfig {
+        pool,
+        user: None,
+        ceph_conf: ceph_conf(),
+        chunk_size_mb: 8,
+        connect_timeout: Duration::from_secs(30),
+        thin_provisioning: false,
+    };
+    let store = RbdStore::open("fast", &cfg)
+        .unwrap()
+        .with_write_budget(budget.clone());
+    conformance::concurrent_uploads_within_the_write_budget(Arc::new(store), &budget).await;
+}
 
 // ---- interop with Ceph's own tools ----------------------------------------
 

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use imagefs::store::budget::WriteBudget;
 use imagefs::store::s3::S3Store;
 use imagefs::store::{
     SetAttrs, Store, StoreError, UploadMode, XattrMode, XATTR_CHECKSUM, XATTR_OS_HASH_VALUE,
@@ -23,6 +24,29 @@ macro_rules! rgw_store {
 }
 
 conformance_tests!(rgw_store!());
+
+/// Three uploads at once against a 16 MiB write budget (three 5 MiB parts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_within_the_write_budget() {
+    let case = "write_budget";
+    let (bucket, _guard) = tokio::task::spawn_blocking(move || {
+        let name = bucket_of(case);
+        s3_common::fresh_bucket(&s3_common::rgw(), &name);
+        let guard = s3_common::BucketGuard {
+            server: s3_common::rgw(),
+            bucket: name.clone(),
+        };
+        (name, guard)
+    })
+    .await
+    .unwrap();
+    let budget = WriteBudget::new(16 << 20);
+    let cfg = s3_common::config(&s3_common::rgw(), &bucket);
+    let store = S3Store::open("s3", &cfg)
+        .unwrap()
+        .with_write_budget(budget.clone());
+    conformance::concurrent_uploads_within_the_write_budget(Arc::new(store), &budget).await;
+}
 
 /// A store on a fresh bucket, and the guard that removes the bucket.
 async fn store(case: &str) -> (Arc<S3Store>, s3_common::BucketGuard) {

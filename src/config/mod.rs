@@ -48,6 +48,9 @@ pub struct MountConfig {
     pub passthrough: bool,
     /// Kernel read-ahead for the mount, KiB (`read_ahead_kb`, default 1024).
     pub read_ahead_kb: u32,
+    /// Bytes of writes in flight to the stores at once, all uploads
+    /// together, MiB (`write_in_flight_mb`, default 256; 0: no bound).
+    pub write_in_flight_mb: u64,
     /// Glance's `hashing_algorithm` for `os_hash_value` (default sha512).
     pub hashing_algorithm: HashAlgorithm,
     /// Compute md5 and os_hash_value of every image written (`checksums`,
@@ -63,6 +66,7 @@ impl Default for MountConfig {
             threads: 4,
             passthrough: true,
             read_ahead_kb: 1024,
+            write_in_flight_mb: 256,
             hashing_algorithm: HashAlgorithm::Sha512,
             checksums: true,
         }

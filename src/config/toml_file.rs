@@ -73,6 +73,7 @@ struct RawMount {
     threads: Option<Spanned<usize>>,
     passthrough: Option<bool>,
     read_ahead_kb: Option<u32>,
+    write_in_flight_mb: Option<u64>,
     hashing_algorithm: Option<Spanned<String>>,
     checksums: Option<bool>,
 }
@@ -474,6 +475,9 @@ impl Ctx<'_> {
         }
         if let Some(kb) = raw.read_ahead_kb {
             mount.read_ahead_kb = kb;
+        }
+        if let Some(mb) = raw.write_in_flight_mb {
+            mount.write_in_flight_mb = mb;
         }
         if let Some(c) = raw.checksums {
             mount.checksums = c;
@@ -1062,6 +1066,7 @@ attr_ttl_ms = 250
 threads = 8
 passthrough = false
 read_ahead_kb = 4096
+write_in_flight_mb = 64
 hashing_algorithm = "sha256"
 checksums = false
 [cache]
@@ -1081,6 +1086,7 @@ datadir = "/a"
         assert_eq!(c.mount.threads, 8);
         assert!(!c.mount.passthrough);
         assert_eq!(c.mount.read_ahead_kb, 4096);
+        assert_eq!(c.mount.write_in_flight_mb, 64);
         assert_eq!(c.mount.hashing_algorithm, HashAlgorithm::Sha256);
         assert!(!c.mount.checksums);
         assert_eq!(c.cache.memory_bytes, 1 << 30);

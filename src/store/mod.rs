@@ -3,6 +3,7 @@
 //! server-side copy, metadata, statfs, gc), a declared capability set, and
 //! one error enum. Backends live one per file or folder beside this one.
 
+pub mod budget;
 mod error;
 pub mod file;
 mod meta_text;
@@ -286,18 +287,22 @@ where
         .map_err(|e| StoreError::Unavailable(format!("worker thread failed: {e}")))?
 }
 
-/// Opens the backend a store's config names. Backends not built yet fail
-/// with a clear error naming the store.
-pub fn open(cfg: &StoreConfig) -> std::result::Result<Arc<dyn Store>, String> {
+/// Opens the backend a store's config names; its writes in flight count
+/// against `budget` (shared by the daemon's stores). Backends not built
+/// yet fail with a clear error naming the store.
+pub fn open(
+    cfg: &StoreConfig,
+    budget: &budget::WriteBudget,
+) -> std::result::Result<Arc<dyn Store>, String> {
     match &cfg.backend {
         BackendConfig::File(f) => file::FileStore::open(&cfg.name, f)
             .map(|s| Arc::new(s) as Arc<dyn Store>)
             .map_err(|e| format!("store {:?} (file): {e}", cfg.name)),
         BackendConfig::Rbd(r) => rbd::RbdStore::open(&cfg.name, r)
-            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map(|s| Arc::new(s.with_write_budget(budget.clone())) as Arc<dyn Store>)
             .map_err(|e| format!("store {:?} (rbd): {e}", cfg.name)),
         BackendConfig::S3(c) => s3::S3Store::open(&cfg.name, c)
-            .map(|s| Arc::new(s) as Arc<dyn Store>)
+            .map(|s| Arc::new(s.with_write_budget(budget.clone())) as Arc<dyn Store>)
             .map_err(|e| format!("store {:?} (s3): {e}", cfg.name)),
         other => Err(format!(
             "store {:?}: type {:?} is not supported yet by this build of imagefs",

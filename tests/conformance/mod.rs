@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use imagefs::store::budget::WriteBudget;
 use imagefs::store::{
     Checksums, SetAttrs, Store, StoreError, UploadMode, XattrMode, TEMP_PREFIX, XATTR_CHECKSUM,
 };
@@ -461,6 +462,33 @@ pub async fn statfs_reports_capacity(store: Arc<dyn Store>) {
     assert!(st.total_bytes > 0);
     assert!(st.avail_bytes <= st.total_bytes);
     assert!(st.name_max > 0);
+}
+
+/// Uploads at once on a store whose writes count against `budget` (a few
+/// RBD objects or S3 parts): every image reads back as written, the store
+/// held room in the budget while sending, and never more than it.
+pub async fn concurrent_uploads_within_the_write_budget(
+    store: Arc<dyn Store>,
+    budget: &WriteBudget,
+) {
+    let limit = budget.limit().expect("a bounded budget");
+    let images: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("budget-{i}"), data(40 << 20, 50 + i)))
+        .collect();
+    let [a, b, c] = &images[..] else {
+        unreachable!()
+    };
+    tokio::join!(
+        put(&store, &a.0, &a.1),
+        put(&store, &b.0, &b.1),
+        put(&store, &c.0, &c.1)
+    );
+    for (id, bytes) in &images {
+        assert!(get(&store, id).await == *bytes, "{id} differs");
+        store.delete(id).await.unwrap();
+    }
+    let peak = budget.peak();
+    assert!(peak >= limit / 2 && peak <= limit, "peak {peak} of {limit}");
 }
 
 /// Generates one `#[tokio::test]` per case for a backend.

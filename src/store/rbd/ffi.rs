@@ -698,8 +698,10 @@ struct AioOp {
     tx: oneshot::Sender<AioDone>,
     /// The buffer a read fills, handed back at completion.
     read_buf: Option<BytesMut>,
-    /// The data a write sends.
+    /// The data a write sends, and what its caller keeps with it (a
+    /// hold on the write budget): released when librbd is done.
     _write_buf: Vec<Bytes>,
+    _keep: Option<Box<dyn std::any::Any + Send>>,
     /// Handed back too: closing an image on librbd's own callback thread
     /// would deadlock, so the last reference is never dropped there.
     image: Option<Arc<Image>>,
@@ -752,6 +754,7 @@ fn aio(
     image: &Arc<Image>,
     read_buf: Option<BytesMut>,
     write_buf: Vec<Bytes>,
+    keep: Option<Box<dyn std::any::Any + Send>>,
     submit: impl FnOnce(RbdImageT, RbdCompletionT) -> c_int,
 ) -> RbdResult<AioRx> {
     let (tx, rx) = oneshot::channel();
@@ -759,6 +762,7 @@ fn aio(
         tx,
         read_buf,
         _write_buf: write_buf,
+        _keep: keep,
         image: Some(image.clone()),
     }));
     let mut c: RbdCompletionT = ptr::null_mut();
@@ -1140,12 +1144,19 @@ impl Image {
             let ptr = buf.as_mut_ptr() as *mut c_char;
             // The buffer moves into the op (its heap block stays where it
             // is) and comes back once librbd is done filling it.
-            aio("rbd_aio_read", self, Some(buf), Vec::new(), |img, c| {
-                // SAFETY: `ptr` points to `len` bytes of capacity the op owns
-                // until the callback hands it back; nothing else touches it
-                // before then.
-                unsafe { rbd_aio_read(img, off, len, ptr, c) }
-            })?
+            aio(
+                "rbd_aio_read",
+                self,
+                Some(buf),
+                Vec::new(),
+                None,
+                |img, c| {
+                    // SAFETY: `ptr` points to `len` bytes of capacity the op owns
+                    // until the callback hands it back; nothing else touches it
+                    // before then.
+                    unsafe { rbd_aio_read(img, off, len, ptr, c) }
+                },
+            )?
         };
         let (n, buf) = aio_wait("rbd_aio_read", rx).await?;
         let mut buf = buf.expect("a read hands its buffer back");
@@ -1155,13 +1166,27 @@ impl Image {
     }
 
     /// Writes `data` at `off`; the returned future ends when it is done.
-    pub fn write(self: &Arc<Self>, off: u64, data: Bytes) -> RbdResult<AioWait> {
+    /// `keep` is dropped once librbd is done with the data.
+    pub fn write(
+        self: &Arc<Self>,
+        off: u64,
+        data: Bytes,
+        keep: impl Send + 'static,
+    ) -> RbdResult<AioWait> {
         let rx = {
             let (ptr, len) = (data.as_ptr() as *const c_char, data.len());
-            aio("rbd_aio_write", self, None, vec![data], |img, c| {
-                // SAFETY: `ptr` points into `data`, kept alive by the op.
-                unsafe { rbd_aio_write(img, off, len, ptr, c) }
-            })?
+            let keep: Box<dyn std::any::Any + Send> = Box::new(keep);
+            aio(
+                "rbd_aio_write",
+                self,
+                None,
+                vec![data],
+                Some(keep),
+                |img, c| {
+                    // SAFETY: `ptr` points into `data`, kept alive by the op.
+                    unsafe { rbd_aio_write(img, off, len, ptr, c) }
+                },
+            )?
         };
         Ok(AioWait {
             op: "rbd_aio_write",
@@ -1170,8 +1195,14 @@ impl Image {
     }
 
     /// Writes the pieces of `data` one after the other from `off` in one
-    /// request; the returned future ends when it is done.
-    pub fn writev(self: &Arc<Self>, off: u64, data: Vec<Bytes>) -> RbdResult<AioWait> {
+    /// request; the returned future ends when it is done. `keep` is dropped
+    /// once librbd is done with the data.
+    pub fn writev(
+        self: &Arc<Self>,
+        off: u64,
+        data: Vec<Bytes>,
+        keep: impl Send + 'static,
+    ) -> RbdResult<AioWait> {
         let iov: Vec<libc::iovec> = data
             .iter()
             .map(|b| libc::iovec {
@@ -1183,7 +1214,8 @@ impl Image {
             op: "rbd_aio_writev",
             errno: libc::EINVAL,
         })?;
-        let rx = aio("rbd_aio_writev", self, None, data, |img, c| {
+        let keep: Box<dyn std::any::Any + Send> = Box::new(keep);
+        let rx = aio("rbd_aio_writev", self, None, data, Some(keep), |img, c| {
             // SAFETY: every iovec points into a piece of `data`, which the
             // op keeps alive; librbd reads the iovec array during the call.
             unsafe { rbd_aio_writev(img, iov.as_ptr(), count, off, c) }
@@ -1196,7 +1228,7 @@ impl Image {
 
     /// Flushes without blocking a thread.
     pub async fn aio_flush(self: &Arc<Self>) -> RbdResult<()> {
-        let rx = aio("rbd_aio_flush", self, None, Vec::new(), |img, c| {
+        let rx = aio("rbd_aio_flush", self, None, Vec::new(), None, |img, c| {
             // SAFETY: open image, fresh completion.
             unsafe { rbd_aio_flush(img, c) }
         })?;

@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use lru::LruCache;
 
+use super::budget::WriteBudget;
 use super::{
     blocking, validate_id, Capabilities, Leftover, ObjectMeta, Reader as StoreReader, Result,
     SetAttrs, StatFs, Store, StoreError, Upload, UploadMode, XattrMode, TEMP_PREFIX,
@@ -260,6 +261,8 @@ pub struct RbdStore {
     readers: Readers,
     /// Uploads this process has open (gc never touches them).
     live: Arc<Mutex<HashSet<String>>>,
+    /// Bytes of writes in flight, shared with the daemon's other stores.
+    budget: WriteBudget,
 }
 
 impl RbdStore {
@@ -279,7 +282,14 @@ impl RbdStore {
             connecting: tokio::sync::Mutex::new(None),
             readers: Arc::new(Mutex::new(LruCache::new(NonZeroUsize::new(64).unwrap()))),
             live: Arc::new(Mutex::new(HashSet::new())),
+            budget: WriteBudget::default(),
         })
+    }
+
+    /// Counts this store's writes in flight against `budget`.
+    pub fn with_write_budget(mut self, budget: WriteBudget) -> RbdStore {
+        self.budget = budget;
+        self
     }
 
     /// The connection, made now if there is none. One caller connects;
@@ -648,6 +658,7 @@ impl Store for RbdStore {
             self.cfg.thin_provisioning,
             self.live.clone(),
             self.readers.clone(),
+            self.budget.clone(),
         )
         .await?;
         Ok(Box::new(up))

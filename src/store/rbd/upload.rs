@@ -28,6 +28,7 @@ use super::ffi::{AioWait, Image};
 use super::{blocking, delete_image, map_err, meta, meta_of, purge_old, retire_old, temp_name};
 use super::{touch_dir, Conn, Readers};
 use super::{FEATURE_LAYERING, OLD_PREFIX, SNAP};
+use crate::store::budget::WriteBudget;
 use crate::store::{
     Checksums, Leftover, ObjectMeta, Result, SetAttrs, StoreError, Upload, UploadMode, TEMP_PREFIX,
 };
@@ -78,6 +79,7 @@ pub(crate) struct RbdUpload {
     attrs: SetAttrs,
     live: Arc<Mutex<HashSet<String>>>,
     readers: Readers,
+    budget: WriteBudget,
 }
 
 impl RbdUpload {
@@ -88,6 +90,7 @@ impl RbdUpload {
         thin: bool,
         live: Arc<Mutex<HashSet<String>>>,
         readers: Readers,
+        budget: WriteBudget,
     ) -> Result<RbdUpload> {
         let target = match mode {
             UploadMode::New => id.to_string(),
@@ -147,6 +150,7 @@ impl RbdUpload {
             attrs: SetAttrs::default(),
             live,
             readers,
+            budget,
         })
     }
 
@@ -197,11 +201,14 @@ impl RbdUpload {
         for (_, op) in overlapping {
             self.note(op.wait().await);
         }
+        // Room in the daemon-wide budget, held until librbd answers.
+        let held = self.budget.hold(g.len).await;
         let img = self.img()?;
         let queued = if g.pieces.len() == 1 {
-            img.write(g.start, g.pieces.into_iter().next().expect("one piece"))
+            let piece = g.pieces.into_iter().next().expect("one piece");
+            img.write(g.start, piece, held)
         } else {
-            img.writev(g.start, g.pieces)
+            img.writev(g.start, g.pieces, held)
         };
         let op = match queued {
             Ok(op) => op,
@@ -343,7 +350,7 @@ fn copy_bytes_sync(c: &Conn, src: &str, dst: &str, len: u64) -> Result<()> {
         while off < len {
             let n = (len - off).min(COPY_CHUNK) as usize;
             let data = from.read(off, n).await.map_err(|e| map_err(src, e))?;
-            to.write(off, data)
+            to.write(off, data, ())
                 .map_err(|e| map_err(dst, e))?
                 .wait()
                 .await

@@ -39,6 +39,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use super::budget::WriteBudget;
 use super::staged::Staged;
 use super::{
     validate_id, Capabilities, Leftover, ObjectMeta, Reader, Result, SetAttrs, StatFs, Store,
@@ -101,6 +102,14 @@ impl S3Store {
             cfg: cfg.clone(),
             bucket: Arc::new(bucket),
         })
+    }
+
+    /// Counts this store's part uploads in flight against `budget`.
+    pub fn with_write_budget(mut self, budget: WriteBudget) -> S3Store {
+        Arc::get_mut(&mut self.bucket)
+            .expect("the bucket is not shared before the store is used")
+            .budget = budget;
+        self
     }
 
     /// The SDK client (tests and benchmarks compare against it).

@@ -16,6 +16,7 @@ use tokio::sync::OnceCell;
 use super::error::{s3err, S3Error};
 use super::meta::{self, Meta};
 use super::reader::Pins;
+use crate::store::budget::WriteBudget;
 use crate::store::{ObjectMeta, Result, StoreError, TEMP_PREFIX};
 
 /// Metadata key holding an id that changes with every committed content
@@ -106,6 +107,8 @@ pub struct Bucket {
     pub live: Mutex<HashSet<String>>,
     /// This process's open readers, by key.
     pub pins: Pins,
+    /// Bytes of parts in flight, shared with the daemon's other stores.
+    pub budget: WriteBudget,
 }
 
 impl Bucket {
@@ -159,6 +162,7 @@ impl Bucket {
             conditional: OnceCell::new(),
             live: Mutex::new(HashSet::new()),
             pins: Pins::default(),
+            budget: WriteBudget::default(),
         }
     }
 

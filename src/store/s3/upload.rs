@@ -233,6 +233,8 @@ impl S3Upload {
     /// Sends the first `n` buffered bytes as the next part.
     async fn ship(&mut self, n: usize) -> Result<()> {
         self.wait_room(n as u64).await?;
+        // Room in the daemon-wide budget, held until the part is answered.
+        let held = self.bucket.budget.hold(n as u64).await;
         let mut rest = BytesMut::new();
         if self.buf.len() > n {
             rest = BytesMut::with_capacity(self.cur_part_len() as usize);
@@ -255,7 +257,9 @@ impl S3Upload {
             .content_length(part.len() as i64)
             .body(ByteStream::from(part));
         mp.tasks.spawn(async move {
-            let r = req.send().await.map_err(s3err)?;
+            let r = req.send().await.map_err(s3err);
+            drop(held);
+            let r = r?;
             Ok(CompletedPart::builder()
                 .part_number(num)
                 .set_e_tag(r.e_tag().map(str::to_string))
