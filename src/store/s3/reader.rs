@@ -97,6 +97,19 @@ impl Pins {
         pin
     }
 
+    /// Forgets `pin` (its reader is going), and its key once no reader
+    /// holds it: the map never outgrows the readers open now.
+    fn remove(&self, pin: &Arc<Pin>) {
+        let key = pin.key();
+        let mut m = self.by_key.lock().unwrap();
+        if let Some(list) = m.get_mut(&key) {
+            list.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(pin)));
+            if list.is_empty() {
+                m.remove(&key);
+            }
+        }
+    }
+
     /// Whether a reader in this process holds `key` as `head` describes it.
     pub fn held(&self, key: &str, head: &Head) -> bool {
         let version = head.version();
@@ -150,6 +163,12 @@ pub struct S3Reader {
     size: u64,
     content: Option<String>,
     pin: Arc<Pin>,
+}
+
+impl Drop for S3Reader {
+    fn drop(&mut self) {
+        self.bucket.pins.remove(&self.pin);
+    }
 }
 
 impl S3Reader {
@@ -228,5 +247,56 @@ impl Reader for S3Reader {
             }
             Err(e) => Err(e.into_store(&self.id)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn head(etag: &str, content: Option<&str>) -> Head {
+        Head {
+            size: 1,
+            etag: etag.into(),
+            last_modified: UNIX_EPOCH,
+            content_type: None,
+            meta: content
+                .map(|c| [(CONTENT.to_string(), c.to_string())].into())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Pins follow a move only if they hold the version moved (by content
+    /// id when there is one, else by ETag), and the map forgets keys once
+    /// their readers are gone.
+    #[test]
+    fn pins_follow_their_version_and_are_forgotten() {
+        let pins = Pins::default();
+        let (v1, v1_chmod, v2) = (
+            head("e1", Some("c1")),
+            head("e9", Some("c1")),
+            head("e2", Some("c2")),
+        );
+        let old = pins.add("a", &v1);
+        let other = pins.add("a", &v2);
+        let glance = pins.add("g", &head("eg", None));
+        // A chmod gave v1 a new ETag: still the version the first pin holds.
+        assert!(pins.held("a", &v1_chmod));
+        pins.moved("a", &v1_chmod, "b", "e10", None);
+        assert_eq!(
+            *old.at.lock().unwrap(),
+            ("b".to_string(), "e10".to_string())
+        );
+        assert_eq!(other.key(), "a", "another version stays");
+        assert!(pins.held("b", &v1) && pins.held("a", &v2));
+        assert!(
+            !pins.held("g", &head("eg2", None)),
+            "no content id: by ETag"
+        );
+        for p in [&old, &other, &glance] {
+            pins.remove(p);
+        }
+        assert!(pins.by_key.lock().unwrap().is_empty());
     }
 }
