@@ -100,8 +100,9 @@ impl Pins {
     /// Forgets `pin` (its reader is going), and its key once no reader
     /// holds it: the map never outgrows the readers open now.
     fn remove(&self, pin: &Arc<Pin>) {
-        let key = pin.key();
+        // The key is read under the map's lock, which moves take too.
         let mut m = self.by_key.lock().unwrap();
+        let key = pin.key();
         if let Some(list) = m.get_mut(&key) {
             list.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(pin)));
             if list.is_empty() {
