@@ -48,7 +48,7 @@ use super::{
 use crate::config::S3StoreConfig;
 use error::s3err;
 use object::{Bucket, Head, CONTENT, STORE_OBJECT};
-use reader::{Detached, S3Reader, DETACHED_PREFIX};
+use reader::{S3Reader, DETACHED_PREFIX};
 use upload::S3Upload;
 
 pub use client::{location as location_of, path_style};
@@ -140,22 +140,6 @@ impl S3Store {
             Ok(new) => index::record(&self.bucket, id, old, &new).await,
             Err(e) => tracing::debug!(id, "attribute index: {e}"),
         }
-    }
-
-    /// Unlinks `id` (version `head`) that readers in this process hold:
-    /// it moves to a hidden key, which the last of them deletes.
-    async fn detach(&self, id: &str, head: &Head) -> Result<()> {
-        let hidden = format!("{DETACHED_PREFIX}{}", object::unique_token());
-        self.bucket.live.lock().unwrap().insert(hidden.clone());
-        let kept = Arc::new(Detached::new(self.bucket.clone(), hidden.clone()));
-        copy::copy(&self.bucket, id, head, &hidden, &head.meta).await?;
-        let copied = self.bucket.head_or(&hidden).await?;
-        self.bucket
-            .pins
-            .moved(id, head, &hidden, &copied.etag, Some(kept));
-        self.bucket.delete_key(id).await?;
-        tracing::debug!(id, hidden, "unlinked while open: kept for its readers");
-        Ok(())
     }
 
     /// Multipart uploads in the bucket: (key, upload id, initiated).
@@ -352,11 +336,9 @@ impl Store for S3Store {
 
     async fn delete(&self, id: &str) -> Result<()> {
         let head = self.head_image(id).await?;
-        if self.bucket.pins.held(id, &head) {
-            self.detach(id, &head).await?;
-        } else {
-            self.bucket.delete_key(id).await?;
-        }
+        // Open handles here go on reading it, as an unlinked local file.
+        reader::keep_for_readers(&self.bucket, id, &head).await?;
+        self.bucket.delete_key(id).await?;
         index::forget(&self.bucket, id).await;
         self.bucket.touch_dir().await;
         Ok(())
@@ -372,8 +354,10 @@ impl Store for S3Store {
         match self.bucket.head_opt(to).await? {
             Some(_) if !replace => return Err(StoreError::AlreadyExists(to.to_string())),
             // Readers of the replaced image keep reading it.
-            Some(old) if self.bucket.pins.held(to, &old) => self.detach(to, &old).await?,
-            _ => {}
+            Some(old) => {
+                reader::keep_for_readers(&self.bucket, to, &old).await?;
+            }
+            None => {}
         }
         index::forget(&self.bucket, to).await;
         copy::copy(&self.bucket, from, &head, to, &head.meta).await?;

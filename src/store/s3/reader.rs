@@ -10,9 +10,10 @@
 //! Readers also follow this process's renames and unlinks, as open files
 //! do: each reader's key and ETag sit in a `Pin` the bucket keeps a weak
 //! list of. A rename moves the pins of the old key to the new one; an
-//! unlink of an object that readers hold moves it to a hidden key
-//! (`DETACHED_PREFIX`) instead of deleting it, and the last of those
-//! readers to go deletes it (what a crash leaves, `imagefs gc` removes).
+//! object that readers hold and that is about to be deleted (unlink, or a
+//! rename over it) is first copied to a hidden key (`DETACHED_PREFIX`)
+//! that they follow, and the last of them deletes it (what a crash
+//! leaves, `imagefs gc` removes).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -20,7 +21,8 @@ use std::sync::{Arc, Mutex, Weak};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::object::{Bucket, Head, CONTENT};
+use super::copy;
+use super::object::{unique_token, Bucket, Head, CONTENT};
 use crate::store::{Reader, Result, StoreError};
 
 /// Keys of objects unlinked while readers held them.
@@ -52,7 +54,7 @@ pub struct Detached {
 
 impl Detached {
     /// Call from the runtime (its deletion is spawned there).
-    pub fn new(bucket: Arc<Bucket>, key: String) -> Detached {
+    fn new(bucket: Arc<Bucket>, key: String) -> Detached {
         Detached {
             bucket,
             key,
@@ -75,6 +77,27 @@ impl Drop for Detached {
             bucket.live.lock().unwrap().remove(&key);
         });
     }
+}
+
+/// Keeps version `head` of `key` for the readers in this process that hold
+/// it, before it is deleted: a server-side copy to a hidden
+/// key, which they follow and the last of them deletes. Nothing is done
+/// (false) when no reader holds it.
+pub async fn keep_for_readers(bucket: &Arc<Bucket>, key: &str, head: &Head) -> Result<bool> {
+    if !bucket.pins.held(key, head) {
+        return Ok(false);
+    }
+    let hidden = format!("{DETACHED_PREFIX}{}", unique_token());
+    bucket.live.lock().unwrap().insert(hidden.clone());
+    // From here on, dropping it deletes the copy (also a partial one).
+    let kept = Arc::new(Detached::new(bucket.clone(), hidden.clone()));
+    copy::copy(bucket, key, head, &hidden, &head.meta).await?;
+    let copied = bucket.head_or(&hidden).await?;
+    bucket
+        .pins
+        .moved(key, head, &hidden, &copied.etag, Some(kept));
+    tracing::debug!(key, hidden, "kept for the readers open on it");
+    Ok(true)
 }
 
 /// The pins of the readers open in this process, by key.
