@@ -91,6 +91,15 @@ impl PartialEq for ImageNode {
 impl Eq for ImageNode {}
 
 impl ImageNode {
+    /// The staging, locked once a commit in progress (a release's, which
+    /// the kernel does not wait for) has published: what the caller does
+    /// next comes after that version.
+    pub async fn staging_after_commit(&self) -> tokio::sync::MutexGuard<'_, Option<Staging>> {
+        let guard = self.staging.lock().await;
+        drop(self.committing.lock().await);
+        guard
+    }
+
     pub fn name(&self) -> Option<String> {
         self.name.lock().unwrap().clone()
     }

@@ -528,10 +528,9 @@ impl ImageFs {
         self.check_writable(s)?;
         if let Some(img) = self.inodes.by_name(s, name) {
             let open = img.io.lock().unwrap().handles() > 0;
-            let mut guard = img.staging.lock().await;
-            // A commit in progress (a release's) ends first: what it
-            // publishes is what goes, and it cannot come back afterwards.
-            drop(img.committing.lock().await);
+            // What a commit in progress publishes is what goes: it cannot
+            // come back afterwards.
+            let mut guard = img.staging_after_commit().await;
             let was_new = unpublished_new(&guard);
             if open && guard.is_none() {
                 // Handles still open keep the content after the name is gone:
@@ -596,9 +595,8 @@ impl ImageFs {
         if !noreplace {
             if let Some(img) = self.inodes.by_name(s, newname) {
                 let open = img.io.lock().unwrap().handles() > 0;
-                let mut guard = img.staging.lock().await;
-                // A commit in progress there would publish over the rename.
-                drop(img.committing.lock().await);
+                // Not one that would publish over the rename afterwards.
+                let mut guard = img.staging_after_commit().await;
                 if open && !unpublished_new(&guard) {
                     // Handles still open on the image replaced keep its
                     // content, as after an unlink: in a staging nobody
@@ -694,12 +692,11 @@ impl ImageFs {
                 self.publish(&img, st, false).await?;
             }
         } else if !attrs.is_empty() {
-            let mut guard = img.staging.lock().await;
+            // Not before a commit that would publish over the change.
+            let mut guard = img.staging_after_commit().await;
             match guard.as_mut() {
                 Some(st) => st.set_attrs(&attrs).await?,
                 None => {
-                    // A commit in progress would publish over the change.
-                    drop(img.committing.lock().await);
                     drop(guard);
                     let name = Self::name_of(&img)?;
                     store.set_attrs(&name, &attrs).await?;
@@ -1032,12 +1029,8 @@ impl ImageFs {
             return Err(err!(libc::EXDEV, "copy across stores"));
         }
         let store = &self.stores[src.store];
-        let src_staged = {
-            let guard = src.staging.lock().await;
-            // A commit in progress publishes the version to copy.
-            drop(src.committing.lock().await);
-            guard.is_some()
-        };
+        // A commit in progress publishes the version to copy.
+        let src_staged = src.staging_after_commit().await.is_some();
         if !store.capabilities().server_side_copy || src.ino == dst.ino || src_staged {
             return Err(err!(libc::EOPNOTSUPP, "no server-side copy for this pair"));
         }
@@ -1199,9 +1192,7 @@ impl ImageFs {
     /// Whether `img` is a new image not published yet, once a commit in
     /// progress has ended (its xattrs are the ones to show).
     async fn unpublished_new_after_commits(&self, img: &ImageNode) -> bool {
-        let guard = img.staging.lock().await;
-        drop(img.committing.lock().await);
-        unpublished_new(&guard)
+        unpublished_new(&*img.staging_after_commit().await)
     }
 
     pub async fn getxattr(&self, ino: u64, name: &str) -> FsResult<Vec<u8>> {
