@@ -43,6 +43,7 @@ ALL_TESTS=(
     times_stable_after_create
     unlink_while_open
     rename_while_open
+    reuse_name_while_open
     name_max
     errno_mkdir
     errno_symlink
@@ -817,6 +818,41 @@ with open(p("target"), "rb") as f:
 for n in ("ro", "rw", "src", "new"):
     if os.path.exists(p(n)):
         bad.append(f"{n}: still there after the rename")
+if bad:
+    sys.exit("FAIL: " + "; ".join(bad))
+EOF2
+}
+
+t_reuse_name_while_open() {
+    # A name unlinked while a descriptor still reads it can be used for a
+    # new image at once; the two stay apart, and nothing of the old one
+    # comes back when its last descriptor closes.
+    python3 - "$SA" <<'EOF2'
+import os, sys
+d = sys.argv[1]
+p = os.path.join(d, "reuse-" + os.urandom(8).hex())
+old, new = os.urandom(3 << 20), os.urandom(1 << 20)
+with open(p, "wb") as f:
+    f.write(old)
+bad = []
+fd = os.open(p, os.O_RDONLY)
+try:
+    os.unlink(p)
+    with open(p, "xb") as f:
+        f.write(new)
+    got = os.pread(fd, 100, (3 << 20) - 100)
+    if got != old[-100:]:
+        bad.append(f"old descriptor read {got[:8]!r}..., expected the old image")
+    st = os.fstat(fd)
+    if (st.st_nlink, st.st_size) != (0, len(old)):
+        bad.append(f"old descriptor fstat nlink {st.st_nlink} size {st.st_size}")
+except OSError as e:
+    bad.append(f"{e.strerror} ({e.filename})")
+finally:
+    os.close(fd)
+with open(p, "rb") as f:
+    if f.read() != new:
+        bad.append("the new image differs after the old descriptor closed")
 if bad:
     sys.exit("FAIL: " + "; ".join(bad))
 EOF2

@@ -538,6 +538,12 @@ impl ImageFs {
                 self.ensure_staging(&img, &mut guard, UploadMode::Modify)
                     .await?;
             }
+            match guard.as_mut() {
+                // Nothing of it is committed any more, and the name it
+                // held in the store is free for a new image at once.
+                Some(st) if open => st.upload.orphan().await?,
+                _ => {}
+            }
             if !open {
                 if let Some(st) = guard.take() {
                     st.abort().await?;
@@ -604,6 +610,9 @@ impl ImageFs {
                     if guard.is_none() {
                         self.ensure_staging(&img, &mut guard, UploadMode::Modify)
                             .await?;
+                    }
+                    if let Some(st) = guard.as_mut() {
+                        st.upload.orphan().await?;
                     }
                 } else if let Some(st) = guard.take() {
                     st.abort().await?;

@@ -384,6 +384,35 @@ async fn a_chmod_during_a_commit_comes_after_it() {
     assert_eq!((attr.perm, attr.size), (0o600, 23456));
 }
 
+/// A name unlinked while a handle still uses it is free for a new image at
+/// once (a new one, and a committed one open for writing, alike), and the
+/// old handle's close leaves the new image alone.
+#[tokio::test]
+async fn a_name_unlinked_while_open_is_free_at_once() {
+    let r = rig();
+    for committed in [false, true] {
+        let (ino, fh) = create(&r.fs, A, "img").await;
+        r.fs.write(fh, 0, Bytes::from_static(b"old")).await.unwrap();
+        let fh = if committed {
+            close(&r.fs, fh).await.unwrap();
+            r.fs.open(ino, libc::O_RDWR).await.unwrap().fh
+        } else {
+            fh
+        };
+        r.fs.write(fh, 0, Bytes::from_static(b"OLD")).await.unwrap();
+        r.fs.unlink(A, "img").await.unwrap();
+        let (_, new) = create(&r.fs, A, "img").await;
+        r.fs.write(new, 0, Bytes::from_static(b"new image"))
+            .await
+            .unwrap();
+        close(&r.fs, new).await.unwrap();
+        assert_eq!(r.fs.read(fh, 0, 10).await.unwrap(), &b"OLD"[..]);
+        close(&r.fs, fh).await.unwrap();
+        assert_eq!(on_disk(&r.dirs[0], "img").unwrap(), b"new image");
+        r.fs.unlink(A, "img").await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn namespace_rules_and_errnos() {
     let r = rig();

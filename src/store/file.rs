@@ -1034,6 +1034,23 @@ impl Upload for FileUpload {
         &self.id
     }
 
+    /// The temp file's name goes (its descriptor keeps the data), so a new
+    /// upload of the id can make its own.
+    async fn orphan(&mut self) -> Result<()> {
+        if self.temp_named {
+            let temp = self.temp.clone();
+            blocking(move || match fs::remove_file(&temp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    Err(StoreError::io(temp.display().to_string(), e))
+                }
+                _ => Ok(()),
+            })
+            .await?;
+            self.temp_named = false;
+        }
+        Ok(())
+    }
+
     fn len(&self) -> u64 {
         // The kernel may write the file directly (local_file): ask it.
         match self.file.as_ref().map(File::metadata) {

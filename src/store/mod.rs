@@ -181,6 +181,13 @@ pub trait Upload: Send + Sync {
     async fn commit(self: Box<Self>, sums: Option<Checksums>, durable: bool) -> Result<ObjectMeta>;
     /// Drops everything written.
     async fn abort(self: Box<Self>) -> Result<()>;
+    /// The image was unlinked (or replaced by a rename) while handles
+    /// still use this upload, which will never be committed: gives up the
+    /// names it holds in the store, so that the id can be used again at
+    /// once, and keeps the data for the handles until `abort`.
+    async fn orphan(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One version of one committed image, open for reading: every read sees
