@@ -532,25 +532,11 @@ impl ImageFs {
             // come back afterwards.
             let mut guard = img.staging_after_commit().await;
             let was_new = unpublished_new(&guard);
-            if open && guard.is_none() {
-                // Handles still open keep the content after the name is gone:
-                // it moves into a staging that nobody will commit.
-                self.ensure_staging(&img, &mut guard, UploadMode::Modify)
-                    .await?;
+            if open {
+                self.keep_for_open_handles(&img, &mut guard).await?;
+            } else if let Some(st) = guard.take() {
+                st.abort().await?;
             }
-            match guard.as_mut() {
-                // Nothing of it is committed any more, and the name it
-                // held in the store is free for a new image at once.
-                Some(st) if open => st.upload.orphan().await?,
-                _ => {}
-            }
-            if !open {
-                if let Some(st) = guard.take() {
-                    st.abort().await?;
-                }
-            }
-            // Open handles keep writing into the staged data, as into an
-            // unlinked local file; it is discarded when the last closes.
             drop(guard);
             if was_new {
                 self.inodes.unlink(s, name);
@@ -566,6 +552,20 @@ impl ImageFs {
         result?;
         self.inodes.unlink(s, name);
         Ok(())
+    }
+
+    /// An image loses its name while handles still use it: they keep its
+    /// content, as that of an unlinked local file, in a staging nobody
+    /// will commit (discarded when the last closes), and the names that
+    /// staging held in the store are free for a new image at once.
+    async fn keep_for_open_handles(
+        &self,
+        img: &ImageNode,
+        guard: &mut Option<Staging>,
+    ) -> FsResult<()> {
+        self.ensure_staging(img, guard, UploadMode::Modify).await?;
+        let st = guard.as_mut().expect("staging exists");
+        Ok(st.upload.orphan().await?)
     }
 
     pub async fn rename(
@@ -604,16 +604,8 @@ impl ImageFs {
                 // Not one that would publish over the rename afterwards.
                 let mut guard = img.staging_after_commit().await;
                 if open && !unpublished_new(&guard) {
-                    // Handles still open on the image replaced keep its
-                    // content, as after an unlink: in a staging nobody
-                    // will commit.
-                    if guard.is_none() {
-                        self.ensure_staging(&img, &mut guard, UploadMode::Modify)
-                            .await?;
-                    }
-                    if let Some(st) = guard.as_mut() {
-                        st.upload.orphan().await?;
-                    }
+                    // The image replaced: as after an unlink.
+                    self.keep_for_open_handles(&img, &mut guard).await?;
                 } else if let Some(st) = guard.take() {
                     st.abort().await?;
                 }

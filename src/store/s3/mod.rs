@@ -362,9 +362,11 @@ impl Store for S3Store {
         index::forget(&self.bucket, to).await;
         copy::copy(&self.bucket, from, &head, to, &head.meta).await?;
         self.index(to, None).await;
-        // Readers of the image follow it to its new name.
-        if let Ok(moved) = self.bucket.head(to).await {
-            self.bucket.pins.moved(from, &head, to, &moved.etag, None);
+        // Readers of the image here follow it to its new name.
+        if self.bucket.pins.held(from, &head) {
+            if let Ok(moved) = self.bucket.head(to).await {
+                self.bucket.pins.moved(from, &head, to, &moved.etag, None);
+            }
         }
         self.bucket.delete_key(from).await?;
         index::forget(&self.bucket, from).await;
