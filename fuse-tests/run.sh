@@ -1274,7 +1274,9 @@ EOF
     w=$!
     for i in $(seq 150); do backend leftovers a | grep -q "$id" && break; sleep 0.2; done
     backend leftovers a | grep -q "$id" || { kill $w; fail "no in-progress upload of $id appeared in the backend"; }
-    sleep 1
+    # long enough for an S3 daemon to have published its lease (within
+    # 5 s): gc on this host must still see the daemon is gone
+    sleep 6
     pid=$(daemon_pid)
     [ -n "$pid" ] || fail "no daemon pid in $PIDFILE"
     kill -9 "$pid"

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use imagefs::store::budget::WriteBudget;
-use imagefs::store::s3::S3Store;
+use imagefs::store::s3::{LeaseTiming, S3Store};
 use imagefs::store::{
     SetAttrs, Store, StoreError, UploadMode, XattrMode, XATTR_CHECKSUM, XATTR_OS_HASH_VALUE,
 };
@@ -587,4 +587,131 @@ async fn listing_reads_the_attribute_index() {
     assert_eq!(st.list().await.unwrap()[0].uid, Some(42));
     st.delete("b").await.unwrap();
     assert!(keys_under(c, &b, ".imagefs-attrs/").await.is_empty());
+}
+
+/// gc run by another process (a second store on the bucket, as on another
+/// node) spares what a live process holds, however old: its multipart
+/// upload and claim, and the hidden copy of an unlinked object its reader
+/// holds, all named in its lease. A lease no longer renewed (a dead
+/// process's) protects nothing and is removed itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_elsewhere_spares_what_a_live_process_holds() {
+    let (s, _bucket) = store("lease").await;
+    let b = bucket_of("lease");
+    let timing = LeaseTiming {
+        settle: Duration::from_millis(200),
+        renew: Duration::from_secs(1),
+        expiry: Duration::from_secs(3),
+    };
+    let open = || {
+        let cfg = s3_common::config(&s3_common::rgw(), &b);
+        Arc::new(S3Store::open("s3", &cfg).unwrap().with_lease_timing(timing))
+    };
+    let (here, elsewhere) = (open(), open());
+    let st: Arc<dyn Store> = here.clone();
+    let v1 = conformance::data(6 << 20, 1);
+    conformance::put(&st, "img", &v1).await;
+    let reader = st.open_reader("img").await.unwrap().unwrap();
+    st.delete("img").await.unwrap();
+    let new = conformance::data(11 << 20, 2);
+    let mut up = st.create_upload("new", UploadMode::New).await.unwrap();
+    up.write_at(0, Bytes::from(new.clone())).await.unwrap();
+
+    let lease = here.lease_key().to_string();
+    let t = Instant::now();
+    let names = loop {
+        if let Ok(r) = s.client().get_object().bucket(&b).key(&lease).send().await {
+            let body = r.body.collect().await.unwrap().into_bytes();
+            let names: Vec<String> = String::from_utf8_lossy(&body)
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_string)
+                .collect();
+            if names.len() == 3 {
+                break names;
+            }
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "no lease of 3 names");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let hidden = keys_with_prefix(&s, &b, ".imagefs-unlinked-").await;
+    assert_eq!(hidden.len(), 1, "{hidden:?}");
+    assert!(names.contains(&hidden[0]), "{names:?}");
+    assert!(names.contains(&".imagefs-tmp-new".to_string()), "{names:?}");
+
+    // Longer than the expiry: the lease is renewed meanwhile.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let found = elsewhere.gc(Duration::ZERO, false).await.unwrap();
+    assert!(
+        found.is_empty(),
+        "gc took what a live process holds: {found:?}"
+    );
+    assert_eq!(keys_with_prefix(&s, &b, ".imagefs-unlinked-").await, hidden);
+    assert_eq!(
+        keys_with_prefix(&s, &b, ".imagefs-tmp-new").await,
+        [".imagefs-tmp-new"]
+    );
+    assert_eq!(reader.read(0, 4096).await.unwrap(), &v1[..4096]);
+    up.commit(None, false).await.unwrap();
+    assert!(st.read("new", 0, new.len() as u32).await.unwrap() == new);
+
+    // Nothing held: the lease goes.
+    drop(reader);
+    let t = Instant::now();
+    while !keys_with_prefix(&s, &b, ".imagefs-live/").await.is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "lease left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(keys_with_prefix(&s, &b, ".imagefs-unlinked-")
+        .await
+        .is_empty());
+
+    // Leases of dead processes and the claims they name: one of another
+    // node (no header, only its age tells), one of a process of this host
+    // that is gone (pid above pid_max): at once.
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let crashed = format!(
+        "# imagefs host=h boot={} pid=4294967295 start=1\n.imagefs-tmp-crashed\n",
+        boot.trim()
+    );
+    for (key, body) in [
+        (".imagefs-tmp-ghost", String::new()),
+        (".imagefs-live/dead", ".imagefs-tmp-ghost\n".to_string()),
+        (".imagefs-tmp-crashed", String::new()),
+        (".imagefs-live/crashed", crashed),
+    ] {
+        s.client()
+            .put_object()
+            .bucket(&b)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body.into_bytes()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let names = |found: Vec<imagefs::store::Leftover>| {
+        let mut v: Vec<String> = found.into_iter().map(|l| l.name).collect();
+        v.sort();
+        v
+    };
+    let now = names(elsewhere.gc(Duration::ZERO, true).await.unwrap());
+    assert_eq!(now, [".imagefs-live/crashed", ".imagefs-tmp-crashed"]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let found = elsewhere.gc(Duration::ZERO, false).await.unwrap();
+    assert!(found.iter().all(|l| l.removed), "{found:?}");
+    assert_eq!(
+        names(found),
+        [
+            ".imagefs-live/crashed",
+            ".imagefs-live/dead",
+            ".imagefs-tmp-crashed",
+            ".imagefs-tmp-ghost"
+        ]
+    );
+    for prefix in [".imagefs-tmp-", ".imagefs-live/", ".imagefs-unlinked-"] {
+        assert!(
+            keys_with_prefix(&s, &b, prefix).await.is_empty(),
+            "{prefix}"
+        );
+    }
 }

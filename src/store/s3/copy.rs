@@ -72,11 +72,13 @@ pub async fn copy(
         .upload_id()
         .ok_or_else(|| StoreError::Unavailable(format!("{dst}: no upload id")))?
         .to_string();
+    b.live.insert(&upload_id);
     let r = copy_parts(b, src, head, dst, &upload_id).await;
     let r = match r {
         Ok(parts) => complete(b, dst, &upload_id, parts).await,
         Err(e) => Err(e),
     };
+    b.live.remove(&upload_id);
     if r.is_err() {
         let _ = b
             .client

@@ -10,13 +10,14 @@
 //! GET, claims of new ids); `upload` streams writes as parts; `reader`
 //! serves reads pinned to one version; `copy` does server-side copies;
 //! `meta` encodes attributes in `x-amz-meta-*`; `index` keeps them in
-//! key names too, so listing needs no HEAD per image; `error` maps
+//! key names too, so listing needs no HEAD per image; `lease` publishes
+//! what this process holds so gc anywhere spares it; `error` maps
 //! failures.
 //!
 //! A new id is claimed by creating `.imagefs-tmp-<id>` with `If-None-Match:
 //! *` (a second writer on any mount gets EEXIST); the claim goes at commit
 //! or abort, and `gc` removes claims and multipart uploads that dead
-//! writers left. New images are written sequentially (`random_write` is
+//! writers left (what live processes hold is in their leases). New images are written sequentially (`random_write` is
 //! false); writes into a committed image (`modify`) are staged locally
 //! (`store::staged`) and uploaded as a new object at commit. Rename is
 //! copy + delete (not atomic: a crash between leaves both names). S3 has no
@@ -27,6 +28,7 @@ mod client;
 mod copy;
 mod error;
 mod index;
+mod lease;
 mod meta;
 mod object;
 mod reader;
@@ -52,6 +54,7 @@ use reader::{S3Reader, DETACHED_PREFIX};
 use upload::S3Upload;
 
 pub use client::{location as location_of, path_style};
+pub use lease::Timing as LeaseTiming;
 
 /// What `statfs` reports as the size (and free space) of a bucket: S3 has
 /// no capacity to ask for, and `df`, `cp` and Glance's free-space checks
@@ -110,6 +113,24 @@ impl S3Store {
             .expect("the bucket is not shared before the store is used")
             .budget = budget;
         self
+    }
+
+    /// Keeps this process's lease with `timing` (tests: a short expiry).
+    pub fn with_lease_timing(mut self, timing: LeaseTiming) -> S3Store {
+        let b = Arc::get_mut(&mut self.bucket)
+            .expect("the bucket is not shared before the store is used");
+        b.live = lease::Live::new(
+            b.client.clone(),
+            b.name.clone(),
+            &object::unique_token(),
+            timing,
+        );
+        self
+    }
+
+    /// This process's lease object (held only while something is held).
+    pub fn lease_key(&self) -> &str {
+        self.bucket.live.key()
     }
 
     /// The SDK client (tests and benchmarks compare against it).
@@ -462,13 +483,32 @@ impl Store for S3Store {
         })
     }
 
-    /// Aborts multipart uploads and removes temp keys (claims of new ids)
-    /// older than `older_than` that no upload of this process holds, and
-    /// attribute index entries of that age that describe no image.
+    /// Aborts multipart uploads and removes temp keys (claims of new ids,
+    /// copies of unlinked objects) older than `older_than` that no live
+    /// process holds (this one, or one whose lease has not expired),
+    /// attribute index entries of that age that describe no image, and
+    /// expired leases of that age.
     async fn gc(&self, older_than: Duration, dry_run: bool) -> Result<Vec<Leftover>> {
         let now = SystemTime::now();
-        let live = self.bucket.live.lock().unwrap().clone();
+        let leases = self.bucket.list_keys(Some(lease::PREFIX), None).await?;
+        let expiry = self.bucket.live.timing().expiry;
+        let (mut live, expired) =
+            lease::held_elsewhere(&self.bucket.client, &self.cfg.bucket, &leases, expiry, now)
+                .await?;
+        live.extend(self.bucket.live.names());
         let mut found = Vec::new();
+        for (key, age, bytes) in expired {
+            if age < older_than {
+                continue;
+            }
+            let removed = !dry_run && self.bucket.delete_key(&key).await.is_ok();
+            found.push(Leftover {
+                name: key,
+                bytes,
+                age,
+                removed,
+            });
+        }
         for (key, upload_id, at) in self.list_uploads().await? {
             let age = now.duration_since(at).unwrap_or_default();
             if live.contains(&upload_id) || age < older_than {

@@ -4,9 +4,7 @@
 //! `If-None-Match: *` (probed once), and the bucket created on first put
 //! when the config asks for it.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -14,6 +12,7 @@ use bytes::Bytes;
 use tokio::sync::OnceCell;
 
 use super::error::{s3err, S3Error};
+use super::lease::{Live, Timing};
 use super::meta::{self, Meta};
 use super::reader::Pins;
 use crate::store::budget::WriteBudget;
@@ -103,8 +102,9 @@ pub struct Bucket {
     /// Whether `If-None-Match: *` on PutObject is honoured.
     conditional: OnceCell<bool>,
     /// Claim keys and multipart upload ids of this process's live uploads,
-    /// and the hidden keys of unlinked objects its readers still hold.
-    pub live: Mutex<HashSet<String>>,
+    /// and the hidden keys of unlinked objects its readers still hold,
+    /// published as this process's lease so gc anywhere spares them.
+    pub live: Live,
     /// This process's open readers, by key.
     pub pins: Pins,
     /// Bytes of parts in flight, shared with the daemon's other stores.
@@ -151,6 +151,12 @@ impl Bucket {
         in_flight_bytes: u64,
         create_on_put: bool,
     ) -> Bucket {
+        let live = Live::new(
+            client.clone(),
+            name.clone(),
+            &unique_token(),
+            Timing::default(),
+        );
         Bucket {
             client,
             name,
@@ -160,7 +166,7 @@ impl Bucket {
             create_on_put,
             created: OnceCell::new(),
             conditional: OnceCell::new(),
-            live: Mutex::new(HashSet::new()),
+            live,
             pins: Pins::default(),
             budget: WriteBudget::default(),
         }
@@ -385,7 +391,7 @@ impl Bucket {
             }
             Err(e) => return Err(e.into_store(&key)),
         }
-        self.live.lock().unwrap().insert(key.clone());
+        self.live.insert(&key);
         Ok(key)
     }
 
@@ -394,7 +400,7 @@ impl Bucket {
         if let Err(e) = self.delete_key(claim).await {
             tracing::warn!(key = claim, "dropping the claim of a new image: {e}");
         }
-        self.live.lock().unwrap().remove(claim);
+        self.live.remove(claim);
     }
 }
 

@@ -74,7 +74,7 @@ impl Drop for Detached {
                     "deleting an unlinked object: {e} (imagefs gc removes it)"
                 ),
             }
-            bucket.live.lock().unwrap().remove(&key);
+            bucket.live.remove(&key);
         });
     }
 }
@@ -88,7 +88,7 @@ pub async fn keep_for_readers(bucket: &Arc<Bucket>, key: &str, head: &Head) -> R
         return Ok(false);
     }
     let hidden = format!("{DETACHED_PREFIX}{}", unique_token());
-    bucket.live.lock().unwrap().insert(hidden.clone());
+    bucket.live.insert(&hidden);
     // From here on, dropping it deletes the copy (also a partial one).
     let kept = Arc::new(Detached::new(bucket.clone(), hidden.clone()));
     copy::copy(bucket, key, head, &hidden, &head.meta).await?;

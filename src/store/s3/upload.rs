@@ -181,7 +181,7 @@ impl S3Upload {
             .upload_id()
             .ok_or_else(|| StoreError::Unavailable(format!("{}: no upload id", self.id)))?
             .to_string();
-        self.bucket.live.lock().unwrap().insert(upload_id.clone());
+        self.bucket.live.insert(&upload_id);
         self.mp = Some(Multipart {
             upload_id,
             next: 1,
@@ -374,7 +374,7 @@ impl S3Upload {
         }
         let upload_id = self.mp.as_ref().unwrap().upload_id.clone();
         copy::complete(&self.bucket, &self.id, &upload_id, parts).await?;
-        self.bucket.live.lock().unwrap().remove(&upload_id);
+        self.bucket.live.remove(&upload_id);
         self.mp = None;
         if sums.is_some() || self.meta_dirty {
             // The metadata was fixed when the upload started; add what is
@@ -404,7 +404,7 @@ impl S3Upload {
             if let Err(e) = r {
                 tracing::warn!(id = %self.id, "aborting the multipart upload (imagefs gc removes it): {}", s3err(e).message);
             }
-            self.bucket.live.lock().unwrap().remove(&mp.upload_id);
+            self.bucket.live.remove(&mp.upload_id);
         }
         if let Some(c) = self.claim.take() {
             self.bucket.release(&c).await;
