@@ -853,6 +853,27 @@ finally:
 with open(p, "rb") as f:
     if f.read() != new:
         bad.append("the new image differs after the old descriptor closed")
+# The same for a new image unlinked while its writer still writes it.
+q = os.path.join(d, "reuse-new-" + os.urandom(8).hex())
+first, second = os.urandom(6 << 20), os.urandom(1 << 20)
+w = os.open(q, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+try:
+    os.write(w, first[:3 << 20])
+    os.unlink(q)
+    with open(q, "xb") as f:
+        f.write(second)
+    os.write(w, first[3 << 20:])
+    if os.fstat(w).st_nlink != 0:
+        bad.append(f"unlinked writer fstat nlink {os.fstat(w).st_nlink}")
+except OSError as e:
+    bad.append(f"new image: {e.strerror} ({e.filename})")
+finally:
+    os.close(w)
+with open(q, "rb") as f:
+    if f.read() != second:
+        bad.append("the image written after the unlink differs once the first writer closed")
+if os.listdir(d).count(os.path.basename(q)) != 1:
+    bad.append("the reused name is not listed once")
 if bad:
     sys.exit("FAIL: " + "; ".join(bad))
 EOF2

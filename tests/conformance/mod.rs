@@ -153,6 +153,54 @@ pub async fn exclusive_create(store: Arc<dyn Store>) {
         .is_err());
 }
 
+/// A new image given up while being written (unlinked while a handle
+/// still writes it, see `Upload::orphan`): its id is free for another
+/// writer at once, the orphan goes on taking writes, and aborting it
+/// leaves the new image and nothing else.
+pub async fn orphaned_upload_frees_its_id(store: Arc<dyn Store>) {
+    let (old, new) = (data(11 << 20, 7), data(3 << 20, 8));
+    let mut orphan = store.create_upload("img-o", UploadMode::New).await.unwrap();
+    orphan
+        .write_at(0, Bytes::from(old[..6 << 20].to_vec()))
+        .await
+        .unwrap();
+    orphan.orphan().await.unwrap();
+    let mut up = store.create_upload("img-o", UploadMode::New).await.unwrap();
+    orphan
+        .write_at(6 << 20, Bytes::from(old[6 << 20..].to_vec()))
+        .await
+        .unwrap();
+    up.write_at(0, Bytes::from(new.clone())).await.unwrap();
+    up.commit(None, false).await.unwrap();
+    assert!(get(&store, "img-o").await == new);
+    // The orphan is not a writer of the id any more, nor an image.
+    assert!(matches!(
+        store.create_upload("img-o", UploadMode::New).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+    let ids: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(
+        ids.iter().filter(|i| i.contains("img-o")).count(),
+        1,
+        "{ids:?}"
+    );
+    let found = store.gc(Duration::ZERO, false).await.unwrap();
+    assert!(
+        found.iter().all(|l| !l.removed),
+        "gc took the orphan: {found:?}"
+    );
+    orphan.abort().await.unwrap();
+    assert!(get(&store, "img-o").await == new);
+    let found = store.gc(Duration::ZERO, true).await.unwrap();
+    assert!(found.is_empty(), "the orphan left {found:?}");
+}
+
 pub async fn forward_gaps_and_extension(store: Arc<dyn Store>) {
     let mut up = store.create_upload("img-e", UploadMode::New).await.unwrap();
     up.write_at(0, Bytes::from_static(b"head")).await.unwrap();
@@ -497,7 +545,7 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@cases $make;
             put_get_delete_list, uncommitted_uploads_are_invisible, exclusive_create,
-            forward_gaps_and_extension, replace_and_modify, modify_matches_a_model,
+            orphaned_upload_frees_its_id, forward_gaps_and_extension, replace_and_modify, modify_matches_a_model,
             rename_and_copy, metadata,
             streaming_upload_many_parts, small_writes_in_order, statfs_reports_capacity);
     };

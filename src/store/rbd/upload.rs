@@ -627,6 +627,12 @@ impl Upload for RbdUpload {
         sums: Option<Checksums>,
         _durable: bool,
     ) -> Result<ObjectMeta> {
+        if self.mode == UploadMode::New && self.target != self.id {
+            return Err(StoreError::Unavailable(format!(
+                "{}: unlinked while being written, never committed",
+                self.id
+            )));
+        }
         self.settle_clone().await?;
         self.drain().await?;
         if self.size != self.len {
@@ -680,6 +686,26 @@ impl Upload for RbdUpload {
             .await;
         }
         result
+    }
+
+    /// A new image gives `<id>` back: it is renamed to a hidden temp name
+    /// (writes in flight are unaffected, as data objects go by the image's
+    /// internal id), so another writer can create `<id>` at once. Uploads
+    /// into committed images already write a temp image.
+    async fn orphan(&mut self) -> Result<()> {
+        if self.mode != UploadMode::New || self.target != self.id {
+            return Ok(());
+        }
+        let hidden = temp_name(TEMP_PREFIX, &self.id);
+        let (c, from, to) = (self.conn.clone(), self.target.clone(), hidden.clone());
+        blocking(move || c.pool.rename(&from, &to).map_err(|e| map_err(&from, e))).await?;
+        {
+            let mut live = self.live.lock().unwrap();
+            live.insert(hidden.clone());
+            live.remove(&self.target);
+        }
+        self.target = hidden;
+        Ok(())
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {

@@ -34,7 +34,7 @@ mod object;
 mod reader;
 mod upload;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -556,12 +556,17 @@ impl Store for S3Store {
         }
         // Attribute index entries no image matches: the images are listed
         // first, so an entry recorded meanwhile is only young, not stale.
-        let etags: HashMap<String, String> = self
-            .bucket
-            .list_keys(None, Some("/"))
-            .await?
+        let images = self.bucket.list_keys(None, Some("/")).await?;
+        let etags: HashMap<String, String> = images
             .iter()
             .filter_map(|o| Some((o.key()?.to_string(), o.e_tag()?.to_string())))
+            .collect();
+        // Listed without an ETag (s3s-fs lists none): whether an entry
+        // still describes the image is unknown, so it stays.
+        let unknown: HashSet<&str> = images
+            .iter()
+            .filter(|o| o.e_tag().is_none())
+            .filter_map(|o| o.key())
             .collect();
         let mut idx = index::Index::new();
         let mut ages = HashMap::new();
@@ -577,6 +582,9 @@ impl Store for S3Store {
             idx.entry(e.id.clone()).or_default().push(e);
         }
         for key in index::stale(&idx, &etags) {
+            if index::parse_key(&key).is_some_and(|e| unknown.contains(e.id.as_str())) {
+                continue;
+            }
             let age = ages[&key];
             if age < older_than {
                 continue;

@@ -260,7 +260,9 @@ impl Reader for S3Reader {
                         .get_range(&key, offset, len, Some(&etag))
                         .await
                         .map_err(|e| {
-                            if e.is_precondition() {
+                            // Changed or deleted again (by another node)
+                            // since: stale, as a first miss is.
+                            if e.is_precondition() || e.is_not_found() {
                                 stale(&self.id)
                             } else {
                                 e.into_store(&self.id)

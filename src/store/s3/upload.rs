@@ -85,6 +85,9 @@ pub struct S3Upload {
     failed: Option<String>,
     copies: Vec<Extent>,
     finished: bool,
+    /// Unlinked while being written (`orphan`): the id is free again, and
+    /// this upload is only ever aborted.
+    orphaned: bool,
 }
 
 /// Size of part `n` (1-based).
@@ -136,6 +139,7 @@ impl S3Upload {
             failed: None,
             copies: Vec::new(),
             finished: false,
+            orphaned: false,
         })
     }
 
@@ -437,6 +441,7 @@ impl Drop for S3Upload {
             failed: None,
             copies: Vec::new(),
             finished: true,
+            orphaned: false,
         };
         rt.spawn(async move { rest.cleanup().await });
     }
@@ -657,6 +662,14 @@ impl Upload for S3Upload {
         sums: Option<Checksums>,
         _durable: bool,
     ) -> Result<ObjectMeta> {
+        if self.orphaned {
+            self.cleanup().await;
+            self.finished = true;
+            return Err(StoreError::Unavailable(format!(
+                "{}: unlinked while being written, never committed",
+                self.id
+            )));
+        }
         let tail = std::mem::take(&mut self.zero_tail);
         let filled = match self.check() {
             Ok(()) if tail > 0 => self.append_zeros(tail).await,
@@ -679,6 +692,18 @@ impl Upload for S3Upload {
         let head = self.bucket.head_or(&self.id).await?;
         index::record(&self.bucket, &self.id, self.old.as_ref(), &head).await;
         Ok(head.object_meta(&self.id))
+    }
+
+    /// A new image gives its claim up, so another writer (on any mount)
+    /// can take the id at once; the parts sent so far stay in this
+    /// multipart upload (of the same key, which S3 keeps apart from any
+    /// other) until `abort`.
+    async fn orphan(&mut self) -> Result<()> {
+        if let Some(c) = self.claim.take() {
+            self.bucket.release(&c).await;
+        }
+        self.orphaned = true;
+        Ok(())
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
