@@ -124,11 +124,14 @@ impl Live {
 
 /// Keeps the lease object equal to the names held: written when they
 /// changed (after `settle`, so a burst of changes is one write) and every
-/// `renew`, deleted when none are left; then the task ends.
+/// `renew`, deleted when none are left; then the task ends. A failed
+/// write or delete (the server is down) is tried again at the next change
+/// or after `renew`, so an outage logs one warning a minute.
 async fn publish(inner: Arc<Inner>) {
     let t = inner.timing;
+    // What the object holds now (None: there is none).
     let mut published: Option<Vec<String>> = None;
-    let mut written = Instant::now();
+    let mut attempted = Instant::now();
     loop {
         tokio::time::sleep(t.settle).await;
         let names = {
@@ -141,46 +144,44 @@ async fn publish(inner: Arc<Inner>) {
             v.sort();
             v
         };
-        if names.is_empty() {
-            let r = inner
-                .client
-                .delete_object()
-                .bucket(&inner.bucket)
-                .key(&inner.key)
-                .send()
-                .await;
-            match r.map_err(s3err) {
-                Ok(_) => published = None,
-                Err(e) => {
-                    tracing::warn!(key = %inner.key, "deleting this process's lease: {}", e.message)
+        if published.as_ref() != Some(&names) || attempted.elapsed() >= t.renew {
+            attempted = Instant::now();
+            let r = if names.is_empty() {
+                inner
+                    .client
+                    .delete_object()
+                    .bucket(&inner.bucket)
+                    .key(&inner.key)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(s3err)
+            } else {
+                let body = format!("{}\n{}\n", this_process(), names.join("\n"));
+                inner
+                    .client
+                    .put_object()
+                    .bucket(&inner.bucket)
+                    .key(&inner.key)
+                    .content_type("text/plain")
+                    .body(ByteStream::from(body.into_bytes()))
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(s3err)
+            };
+            match r {
+                Ok(()) if names.is_empty() => {
+                    published = None;
+                    continue; // ends unless something was taken meanwhile
                 }
-            }
-            continue;
-        }
-        if published.as_ref() != Some(&names) || written.elapsed() >= t.renew {
-            let r = inner
-                .client
-                .put_object()
-                .bucket(&inner.bucket)
-                .key(&inner.key)
-                .content_type("text/plain")
-                .body(ByteStream::from(
-                    format!("{}\n{}\n", this_process(), names.join("\n")).into_bytes(),
-                ))
-                .send()
-                .await;
-            match r.map_err(s3err) {
-                Ok(_) => {
-                    published = Some(names);
-                    written = Instant::now();
-                }
-                // Tried again after the next settle.
+                Ok(()) => published = Some(names),
                 Err(e) => {
-                    tracing::warn!(key = %inner.key, "writing this process's lease: {}", e.message)
+                    tracing::warn!(key = %inner.key, "keeping this process's lease: {}", e.message)
                 }
             }
         }
-        let wait = t.renew.saturating_sub(written.elapsed()).max(t.settle);
+        let wait = t.renew.saturating_sub(attempted.elapsed()).max(t.settle);
         tokio::select! {
             _ = inner.changed.notified() => {}
             _ = tokio::time::sleep(wait) => {}

@@ -17,8 +17,9 @@
 //! A new id is claimed by creating `.imagefs-tmp-<id>` with `If-None-Match:
 //! *` (a second writer on any mount gets EEXIST); the claim goes at commit
 //! or abort, and `gc` removes claims and multipart uploads that dead
-//! writers left (what live processes hold is in their leases). New images are written sequentially (`random_write` is
-//! false); writes into a committed image (`modify`) are staged locally
+//! writers left (what live processes hold is in their leases). New images
+//! are written sequentially (`random_write` is false); writes into a
+//! committed image (`modify`) are staged locally
 //! (`store::staged`) and uploaded as a new object at commit. Rename is
 //! copy + delete (not atomic: a crash between leaves both names). S3 has no
 //! capacity: `statfs` reports 1 PiB free (see `STATFS_BYTES`). The store
