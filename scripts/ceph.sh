@@ -25,6 +25,7 @@
 set -euo pipefail
 
 state="${IMAGEFS_STATE:-/var/tmp/imagefs-backends}"
+case $state in /*) ;; *) state="$PWD/$state" ;; esac
 dir="$state/ceph"
 conf="$dir/ceph.conf"
 rgw_port="${IMAGEFS_RGW_PORT:-7480}"
@@ -238,6 +239,9 @@ cmd_up() {
         command -v "$b" >/dev/null || die "$b not found: run scripts/install-deps.sh"
     done
     [ "$rgw" = 0 ] || command -v radosgw >/dev/null || die "radosgw not found: run scripts/install-deps.sh"
+    # the daemons keep the directory they start in: not a checkout that may
+    # be deleted while they run
+    cd /
     if [ -f "$dir/ceph.client.glance.keyring" ] && [ -d "$dir/mon-a" ]; then
         start_daemons
     else

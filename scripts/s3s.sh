@@ -15,7 +15,9 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="${IMAGEFS_TOOLS:-$repo/fuse-tests/.tools}"
+case $tools in /*) ;; *) tools="$PWD/$tools" ;; esac
 state="${IMAGEFS_STATE:-/var/tmp/imagefs-backends}"
+case $state in /*) ;; *) state="$PWD/$state" ;; esac
 dir="$state/s3s"
 port="${IMAGEFS_S3S_PORT:-8014}"
 pidfile="$dir/s3s.pid"
@@ -49,9 +51,11 @@ EOT
     rm -f "$dir/ready"
     local bin="$tools/bin/s3s-fs"
     [ -x "$bin" ] || die "$bin is missing: run scripts/install-deps.sh"
-    nohup "$bin" --host 127.0.0.1 --port "$port" \
+    # run from the state directory, not from whichever checkout started it
+    # (s3s-fs fails its requests once its working directory is deleted)
+    (cd "$dir" && exec nohup "$bin" --host 127.0.0.1 --port "$port" \
         --access-key "$access_key" --secret-key "$secret_key" \
-        "$dir/data" >>"$dir/s3s.log" 2>&1 &
+        "$dir/data" >>"$dir/s3s.log" 2>&1) &
     echo $! >"$pidfile"
     for _ in $(seq 1 50); do
         if answers; then

@@ -203,11 +203,7 @@ pub async fn held_elsewhere(
     let mut expired = Vec::new();
     for o in leases {
         let Some(key) = o.key() else { continue };
-        let at = o
-            .last_modified()
-            .and_then(|t| SystemTime::try_from(*t).ok())
-            .unwrap_or(SystemTime::UNIX_EPOCH);
-        let age = now.duration_since(at).unwrap_or_default();
+        let age = super::object::age(o, now);
         if age >= expiry {
             expired.push((key.to_string(), age, o.size().unwrap_or(0).max(0) as u64));
             continue;

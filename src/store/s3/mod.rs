@@ -281,10 +281,7 @@ impl Store for S3Store {
             if validate_id(k).is_err() || k.starts_with(HIDDEN_PREFIX) {
                 continue;
             }
-            let at = o
-                .last_modified()
-                .and_then(|t| SystemTime::try_from(*t).ok())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
+            let at = object::modified(&o);
             let size = o.size().unwrap_or(0).max(0) as u64;
             let m = index::object_meta(&idx, k, size, o.e_tag().unwrap_or_default(), at);
             if m.is_none() {
@@ -539,11 +536,7 @@ impl Store for S3Store {
         hidden.extend(self.bucket.list_keys(Some(DETACHED_PREFIX), None).await?);
         for o in hidden {
             let Some(key) = o.key() else { continue };
-            let at = o
-                .last_modified()
-                .and_then(|t| SystemTime::try_from(*t).ok())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            let age = now.duration_since(at).unwrap_or_default();
+            let age = object::age(&o, now);
             if live.contains(key) || age < older_than {
                 continue;
             }
@@ -575,11 +568,7 @@ impl Store for S3Store {
             let Some(e) = o.key().and_then(index::parse_key) else {
                 continue;
             };
-            let at = o
-                .last_modified()
-                .and_then(|t| SystemTime::try_from(*t).ok())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            ages.insert(e.key.clone(), now.duration_since(at).unwrap_or_default());
+            ages.insert(e.key.clone(), object::age(&o, now));
             idx.entry(e.id.clone()).or_default().push(e);
         }
         for key in index::stale(&idx, &etags) {

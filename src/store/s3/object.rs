@@ -64,6 +64,19 @@ pub fn unique_token() -> String {
     )
 }
 
+/// When a listed object was last written (the epoch if the server did not
+/// say).
+pub fn modified(o: &aws_sdk_s3::types::Object) -> SystemTime {
+    o.last_modified()
+        .and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(UNIX_EPOCH)
+}
+
+/// How long ago, by the local clock, a listed object was last written.
+pub fn age(o: &aws_sdk_s3::types::Object, now: SystemTime) -> std::time::Duration {
+    now.duration_since(modified(o)).unwrap_or_default()
+}
+
 /// The claim object of a new image being written.
 pub fn claim_key(id: &str) -> String {
     format!("{TEMP_PREFIX}{id}")
