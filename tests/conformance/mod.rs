@@ -545,8 +545,8 @@ macro_rules! conformance_tests {
     ($make:expr) => {
         $crate::conformance_tests!(@cases $make;
             put_get_delete_list, uncommitted_uploads_are_invisible, exclusive_create,
-            orphaned_upload_frees_its_id, forward_gaps_and_extension, replace_and_modify, modify_matches_a_model,
-            rename_and_copy, metadata,
+            orphaned_upload_frees_its_id, forward_gaps_and_extension, replace_and_modify,
+            modify_matches_a_model, rename_and_copy, metadata,
             streaming_upload_many_parts, small_writes_in_order, statfs_reports_capacity);
     };
     (@cases $make:expr; $($case:ident),*) => {

@@ -17,6 +17,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use tokio::sync::Notify;
 
 use super::error::s3err;
+use super::object::{self, Bucket};
 
 /// Where leases live: a "directory", so listings of images (delimiter
 /// `/`) never see them.
@@ -193,8 +194,7 @@ async fn publish(inner: Arc<Inner>) {
 /// younger than `expiry` (`now` by the local clock, as gc's other ages),
 /// and the leases that expired, with their age and size.
 pub async fn held_elsewhere(
-    client: &aws_sdk_s3::Client,
-    bucket: &str,
+    bucket: &Bucket,
     leases: &[aws_sdk_s3::types::Object],
     expiry: Duration,
     now: SystemTime,
@@ -203,12 +203,18 @@ pub async fn held_elsewhere(
     let mut expired = Vec::new();
     for o in leases {
         let Some(key) = o.key() else { continue };
-        let age = super::object::age(o, now);
+        let age = object::age(o, now);
         if age >= expiry {
             expired.push((key.to_string(), age, o.size().unwrap_or(0).max(0) as u64));
             continue;
         }
-        let r = client.get_object().bucket(bucket).key(key).send().await;
+        let r = bucket
+            .client
+            .get_object()
+            .bucket(&bucket.name)
+            .key(key)
+            .send()
+            .await;
         let body = match r.map_err(s3err) {
             Ok(r) => r.body.collect().await.map(|b| b.into_bytes()),
             // Deleted since it was listed: its process holds nothing.

@@ -490,9 +490,7 @@ impl Store for S3Store {
         let now = SystemTime::now();
         let leases = self.bucket.list_keys(Some(lease::PREFIX), None).await?;
         let expiry = self.bucket.live.timing().expiry;
-        let (mut live, expired) =
-            lease::held_elsewhere(&self.bucket.client, &self.cfg.bucket, &leases, expiry, now)
-                .await?;
+        let (mut live, expired) = lease::held_elsewhere(&self.bucket, &leases, expiry, now).await?;
         live.extend(self.bucket.live.names());
         let mut found = Vec::new();
         for (key, age, bytes) in expired {
