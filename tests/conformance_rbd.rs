@@ -417,14 +417,7 @@ async fn open_readers_keep_their_version() {
     let reader = store.open_reader("img").await.unwrap().expect("rbd pins");
     assert_eq!(reader.read(0, 100).await.unwrap(), &old[..100]);
     let new = conformance::data(3 << 20, 11);
-    let mut up = store
-        .create_upload("img", UploadMode::Replace)
-        .await
-        .unwrap();
-    up.write_at(0, bytes::Bytes::from(new.clone()))
-        .await
-        .unwrap();
-    up.commit(None, false).await.unwrap();
+    conformance::replace(&store, "img", &new).await;
     assert!(conformance::get(&store, "img").await == new);
     let tail = reader.read((4 << 20) + 7, 1 << 20).await.unwrap();
     assert!(
@@ -436,9 +429,135 @@ async fn open_readers_keep_their_version() {
         trash.contains(".imagefs-old-img."),
         "old version in the trash: {trash}"
     );
-    // gc with --older-than 0 purges it (nothing is cloned from it).
+    // Not even gc with --older-than 0 purges it while it is read.
     store.gc(Duration::ZERO, false).await.unwrap();
-    assert_eq!(run_text("rbd", &["trash", "ls", &pool]).trim(), "");
+    assert!(run_text("rbd", &["trash", "ls", &pool]).contains(".imagefs-old-img."));
+    assert!(reader.read(0, 4096).await.unwrap()[..] == old[..4096]);
+    // Once the reader is done, it does (nothing is cloned from it).
+    drop(reader);
+    assert!(trash_holds(&pool, 0, Some(&store)).await);
+}
+
+/// Whether the pool's trash holds `want` images within 10 s (a reader's
+/// watch ends on a blocking thread after the reader drops), running gc
+/// with --older-than 0 on `store` meanwhile if given.
+async fn trash_holds(pool: &str, want: usize, store: Option<&Arc<dyn Store>>) -> bool {
+    for _ in 0..50 {
+        if let Some(s) = store {
+            s.gc(Duration::ZERO, false).await.unwrap();
+        }
+        let p = pool.to_string();
+        let trash = tokio::task::spawn_blocking(move || run_text("rbd", &["trash", "ls", &p]))
+            .await
+            .unwrap();
+        if trash.lines().count() == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+/// Readers on another mount (another Ceph client) keep reading the version
+/// they opened when this one deletes or replaces the image, even through
+/// a gc with --older-than 0: they watch its header, `rbd status` lists
+/// them, and the version waits in the trash until they are done. Without
+/// the watch, such a reader read zeros once the version was purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_elsewhere_keep_deleted_and_replaced_versions() {
+    let pool = tokio::task::spawn_blocking(|| fresh_pool("readers-elsewhere"))
+        .await
+        .unwrap();
+    let (here, there) = (store_on(&pool), store_on(&pool));
+    let old = conformance::data(9 << 20, 21);
+    conformance::put(&here, "gone", &old).await;
+    conformance::put(&here, "swapped", &old).await;
+    let r_gone = there.open_reader("gone").await.unwrap().expect("rbd pins");
+    let r_swapped = there
+        .open_reader("swapped")
+        .await
+        .unwrap()
+        .expect("rbd pins");
+    let status = run_text("rbd", &["status", &format!("{pool}/gone")]);
+    assert!(status.contains("watcher="), "a reader is listed: {status}");
+
+    here.delete("gone").await.unwrap();
+    assert!(matches!(
+        here.head("gone").await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(!run_text("rbd", &["ls", &pool]).lines().any(|l| l == "gone"));
+    let new = conformance::data(2 << 20, 22);
+    conformance::replace(&here, "swapped", &new).await;
+    here.gc(Duration::ZERO, false).await.unwrap();
+
+    for r in [&r_gone, &r_swapped] {
+        let tail = r.read(8 << 20, 1 << 20).await.unwrap();
+        assert!(tail[..] == old[8 << 20..], "the old version, not zeros");
+        let head = r.read(0, 1 << 20).await.unwrap();
+        assert!(head[..] == old[..1 << 20]);
+    }
+    assert!(conformance::get(&there, "swapped").await == new);
+    let trash = run_text("rbd", &["trash", "ls", &pool]);
+    assert_eq!(trash.matches(".imagefs-old-").count(), 2, "{trash}");
+
+    // Done reading: the readers' mount purges the deleted image at once;
+    // the replaced version waits its hour, or a gc with --older-than 0.
+    drop((r_gone, r_swapped));
+    assert!(trash_holds(&pool, 1, None).await, "deleted one purged");
+    assert!(trash_holds(&pool, 0, Some(&here)).await, "then the other");
+    // The reads by id above keep theirs 2 s at most.
+    let mut status = String::new();
+    for _ in 0..50 {
+        status = run_text("rbd", &["status", &format!("{pool}/swapped")]);
+        if status.contains("none") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(status.contains("none"), "no watcher left: {status}");
+    conformance::put(&there, "gone", &new).await;
+    assert!(conformance::get(&here, "gone").await == new);
+
+    // Glance's own delete (the rbd CLI doing what its driver does):
+    // unprotect and remove `snap`, then remove the image, which librbd
+    // refuses while a reader watches it. The reader's next read fails with
+    // ESTALE: the snapshot it had open would now read back as zeros.
+    conformance::put(&here, "by-glance", &old).await;
+    let r = there.open_reader("by-glance").await.unwrap().unwrap();
+    assert!(r.read(0, 4096).await.unwrap()[..] == old[..4096]);
+    let snap = format!("{pool}/by-glance@snap");
+    run("rbd", &["snap", "unprotect", &snap]);
+    run("rbd", &["snap", "rm", &snap]);
+    let rm = rbd_rm(&pool, "by-glance");
+    assert!(rm.contains("watchers"), "rbd rm refused: {rm}");
+    let e = r.read(8 << 20, 1 << 20).await.unwrap_err();
+    assert_eq!(imagefs::fs::errno_of(&e), libc::ESTALE, "{e}");
+    drop(r);
+    let mut rm = String::new();
+    for _ in 0..50 {
+        rm = rbd_rm(&pool, "by-glance");
+        if rm.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(rm, "", "rbd rm once the reader is done");
+}
+
+/// `rbd rm POOL/NAME`: "" if it succeeded, else its error.
+fn rbd_rm(pool: &str, name: &str) -> String {
+    let out = Command::new("rbd")
+        .arg("-c")
+        .arg(ceph_conf())
+        .args(["rm", "--no-progress", &format!("{pool}/{name}")])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        String::new()
+    } else {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
 }
 
 /// A new version is swapped in by two renames (RBD has no atomic replace):

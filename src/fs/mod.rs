@@ -288,7 +288,25 @@ impl ImageFs {
             a.nlink = 0;
             return Ok(a);
         }
-        let m = self.head(img).await?;
+        let m = match self.head(img).await {
+            Err(e) if e.errno == libc::ENOENT && img.io.lock().unwrap().handles() > 0 => {
+                // Removed on another node while handles here still use it:
+                // as a local file unlinked while open, what it was with no
+                // link left (the handles read on what the store keeps for
+                // them, or fail with ESTALE where it keeps nothing), and
+                // the name is free for what comes next.
+                let last = img.meta.lock().unwrap().as_ref().map(|(_, m)| m.clone());
+                let Some(m) = last else { return Err(e) };
+                if let Some(name) = img.name() {
+                    self.inodes.unlink(img.store, &name);
+                    self.invalidate_listing(img.store);
+                }
+                let mut a = Attr::image(img.ino, &m, self.opts.owner);
+                a.nlink = 0;
+                return Ok(a);
+            }
+            r => r?,
+        };
         Ok(Attr::image(img.ino, &m, self.opts.owner))
     }
 
@@ -974,8 +992,14 @@ impl ImageFs {
         }
         // Not the version a commit in progress is replacing.
         drop(img.committing.lock().await);
-        let name = Self::name_of(&img)?;
         let store = &self.stores[img.store];
+        // A handle that has read goes on with the version it opened, even
+        // once the image lost its name (removed on another node).
+        let open = self.readahead.lock().unwrap().get(&fh).map(|e| e.1.clone());
+        if let Some(ra) = open {
+            return Ok(ra.read(offset, size).await?);
+        }
+        let name = Self::name_of(&img)?;
         if store.capabilities().local_files {
             return Ok(store.read(&name, offset, size).await?);
         }

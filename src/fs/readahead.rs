@@ -13,6 +13,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{Mutex, OnceCell};
 
+use super::error::errno_of;
 use crate::store::{Reader, Result, Store, StoreError};
 
 /// Bytes per chunk fetched ahead.
@@ -20,9 +21,16 @@ pub const CHUNK: u64 = 4 << 20;
 const MIN_WINDOW: u64 = 2;
 const MAX_WINDOW: u64 = 8;
 
-/// A chunk being fetched or fetched; errors are kept as text (the store
-/// error is not Clone) and returned to every reader that waits for it.
-type Cell = Arc<OnceCell<std::result::Result<Bytes, String>>>;
+/// A chunk being fetched or fetched; errors are kept as their errno and
+/// text (the store error is not Clone) and returned to every reader that
+/// waits for it.
+type Cell = Arc<OnceCell<std::result::Result<Bytes, Failed>>>;
+
+#[derive(Clone, Debug)]
+struct Failed {
+    errno: i32,
+    message: String,
+}
 
 struct State {
     /// The furthest end read so far: reads near it (the kernel sends a few
@@ -56,12 +64,15 @@ pub struct ReadAhead {
     state: Mutex<State>,
 }
 
-/// Fetches chunk `index`, keeping an error as text.
-async fn load(reader: &Arc<dyn Reader>, index: u64) -> std::result::Result<Bytes, String> {
+/// Fetches chunk `index`, keeping an error as its errno and text.
+async fn load(reader: &Arc<dyn Reader>, index: u64) -> std::result::Result<Bytes, Failed> {
     reader
         .read(index * CHUNK, CHUNK as u32)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| Failed {
+            errno: errno_of(&e),
+            message: e.to_string(),
+        })
 }
 
 impl ReadAhead {
@@ -140,8 +151,8 @@ impl ReadAhead {
             }
             let data = data.map_err(|e| {
                 StoreError::io(
-                    format!("{}: read-ahead: {e}", self.id),
-                    std::io::Error::from_raw_os_error(libc::EIO),
+                    format!("{}: read-ahead: {}", self.id, e.message),
+                    std::io::Error::from_raw_os_error(e.errno),
                 )
             })?;
             let start = i * CHUNK;
@@ -219,5 +230,30 @@ mod tests {
             &want[tail as usize..]
         );
         assert!(ra.read(want.len() as u64 + 1, 10).await.unwrap().is_empty());
+    }
+
+    /// A reader whose version is gone.
+    struct Stale;
+
+    #[async_trait::async_trait]
+    impl Reader for Stale {
+        async fn read(&self, _offset: u64, _len: u32) -> Result<Bytes> {
+            Err(StoreError::io(
+                "img: gone",
+                std::io::Error::from_raw_os_error(libc::ESTALE),
+            ))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn errors_keep_their_errno() {
+        let (_tmp, store) = store_with(&pattern(4096));
+        let ra = ReadAhead::new(store, "img".into());
+        let stale: Arc<dyn Reader> = Arc::new(Stale);
+        ra.reader.set(stale).ok().unwrap();
+        for off in [0, 1 << 20] {
+            let e = ra.read(off, 4096).await.unwrap_err();
+            assert_eq!(errno_of(&e), libc::ESTALE, "{e}");
+        }
     }
 }

@@ -37,15 +37,29 @@ fn sums(md5: &str) -> Checksums {
 
 /// Uploads `bytes` as a new image in 1 MiB parts.
 pub async fn put(store: &Arc<dyn Store>, id: &str, bytes: &[u8]) {
-    let mut up = store.create_upload(id, UploadMode::New).await.unwrap();
+    let sums = Some(sums("d41d8cd98f00b204e9800998ecf8427e"));
+    upload(store, id, bytes, UploadMode::New, sums).await;
+}
+
+/// Replaces `id` with `bytes`: a new version, without checksums.
+pub async fn replace(store: &Arc<dyn Store>, id: &str, bytes: &[u8]) {
+    upload(store, id, bytes, UploadMode::Replace, None).await;
+}
+
+async fn upload(
+    store: &Arc<dyn Store>,
+    id: &str,
+    bytes: &[u8],
+    mode: UploadMode,
+    sums: Option<Checksums>,
+) {
+    let mut up = store.create_upload(id, mode).await.unwrap();
     for (i, chunk) in bytes.chunks(1 << 20).enumerate() {
         up.write_at((i << 20) as u64, Bytes::copy_from_slice(chunk))
             .await
             .unwrap();
     }
-    up.commit(Some(sums("d41d8cd98f00b204e9800998ecf8427e")), false)
-        .await
-        .unwrap();
+    up.commit(sums, false).await.unwrap();
 }
 
 pub async fn get(store: &Arc<dyn Store>, id: &str) -> Vec<u8> {
@@ -430,12 +444,7 @@ pub async fn metadata(store: Arc<dyn Store>) {
         .set_xattr("img-m", "user.keep", b"1", XattrMode::Any)
         .await
         .unwrap();
-    let mut up = store
-        .create_upload("img-m", UploadMode::Replace)
-        .await
-        .unwrap();
-    up.write_at(0, Bytes::from_static(b"v2")).await.unwrap();
-    up.commit(None, false).await.unwrap();
+    replace(&store, "img-m", b"v2").await;
     assert_eq!(store.head("img-m").await.unwrap().mode, Some(0o640));
     assert_eq!(store.get_xattr("img-m", "user.keep").await.unwrap(), b"1");
     assert!(SystemTime::now() > when);

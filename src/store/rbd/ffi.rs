@@ -9,6 +9,7 @@ use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int, c_void};
 use std::path::Path;
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +17,8 @@ use bytes::{Bytes, BytesMut};
 use ceph::rados::{
     rados_cluster_fsid, rados_cluster_stat, rados_conf_get, rados_conf_read_file, rados_conf_set,
     rados_connect, rados_create2, rados_get_instance_id, rados_ioctx_create, rados_ioctx_destroy,
-    rados_ioctx_t, rados_shutdown, rados_t, Struct_rados_cluster_stat_t,
+    rados_ioctx_t, rados_notify_ack, rados_read, rados_shutdown, rados_t, rados_unwatch2,
+    rados_watch2, rados_watch_flush, Struct_rados_cluster_stat_t,
 };
 use tokio::sync::oneshot;
 
@@ -180,6 +182,12 @@ extern "C" {
     fn rbd_rename(io: rados_ioctx_t, src: *const c_char, dst: *const c_char) -> c_int;
     fn rbd_trash_move(io: rados_ioctx_t, name: *const c_char, delay: u64) -> c_int;
     fn rbd_open_by_id(
+        io: rados_ioctx_t,
+        id: *const c_char,
+        image: *mut RbdImageT,
+        snap: *const c_char,
+    ) -> c_int;
+    fn rbd_open_by_id_read_only(
         io: rados_ioctx_t,
         id: *const c_char,
         image: *mut RbdImageT,
@@ -420,7 +428,7 @@ impl Cluster {
 /// One pool's io context.
 pub struct Pool {
     io: rados_ioctx_t,
-    _cluster: Arc<Cluster>,
+    cluster: Arc<Cluster>,
 }
 
 // SAFETY: io contexts are thread-safe in librados.
@@ -488,10 +496,29 @@ impl Pool {
         check("rados_ioctx_create", unsafe {
             rados_ioctx_create(cluster.rados, name.as_ptr(), &mut io)
         })?;
-        Ok(Pool {
-            io,
-            _cluster: cluster,
-        })
+        Ok(Pool { io, cluster })
+    }
+
+    /// The RBD id of image `name` as its id object `rbd_id.<name>` holds
+    /// it now (a length-prefixed string); ENOENT once the name is gone.
+    pub fn image_id(&self, name: &str) -> RbdResult<String> {
+        let oid = cstr("rados_read", &format!("rbd_id.{name}"))?;
+        let mut buf = vec![0 as c_char; 256];
+        // SAFETY: buffer of the given length.
+        let n = check("rados_read", unsafe {
+            rados_read(self.io, oid.as_ptr(), buf.as_mut_ptr(), buf.len(), 0)
+        })? as usize;
+        let bytes: Vec<u8> = buf[..n].iter().map(|&c| c as u8).collect();
+        let len = bytes
+            .get(..4)
+            .map(|l| u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize);
+        match len.and_then(|len| bytes.get(4..4 + len)) {
+            Some(id) => Ok(String::from_utf8_lossy(id).into_owned()),
+            None => Err(RbdError {
+                op: "rados_read",
+                errno: libc::EINVAL,
+            }),
+        }
     }
 
     /// (bytes, objects) stored in the pool.
@@ -657,6 +684,166 @@ impl Pool {
     }
 }
 
+// ---- header watch ----------------------------------------------------------
+
+/// What the callbacks of one header watch reach: the io context and object
+/// to ack notifies on, whether the watch was lost and whether the header
+/// changed.
+struct WatchCtx {
+    io: rados_ioctx_t,
+    oid: CString,
+    lost: AtomicBool,
+    /// Set at each notify (librbd notifies header changes: snapshots
+    /// removed, metadata, resizes).
+    notified: AtomicBool,
+}
+
+/// A watch on an image's header object, `rbd_header.<id>`: the image then
+/// lists this client among its watchers, as it lists a client that has it
+/// open for writing. A read-only open registers none, so this is how a
+/// reader tells every other client (imagefs's purge on any node, `rbd rm`,
+/// Glance's delete) that it still reads the image. Notifies are acked at
+/// once. Dropping it unwatches on a blocking thread.
+pub struct HeaderWatch {
+    unwatch: Option<Unwatch>,
+    ctx: *const WatchCtx,
+}
+
+// SAFETY: `ctx` is the context the `Unwatch` owns (read through atomics
+// only); the rest is librados state usable from any thread.
+unsafe impl Send for HeaderWatch {}
+unsafe impl Sync for HeaderWatch {}
+
+/// Ends a watch when dropped: unwatch, wait for callbacks in flight, free
+/// their context.
+struct Unwatch {
+    pool: Arc<Pool>,
+    cookie: u64,
+    ctx: *mut WatchCtx,
+}
+
+// SAFETY: as for `HeaderWatch`.
+unsafe impl Send for Unwatch {}
+
+impl Drop for Unwatch {
+    fn drop(&mut self) {
+        // SAFETY: the watch was registered with this cookie on this io
+        // context; after rados_watch_flush no callback uses `ctx` any more,
+        // so it is freed once, here.
+        unsafe {
+            rados_unwatch2(self.pool.io, self.cookie);
+            rados_watch_flush(self.pool.cluster.rados);
+            drop(Box::from_raw(self.ctx));
+        }
+    }
+}
+
+impl Drop for HeaderWatch {
+    fn drop(&mut self) {
+        let Some(u) = self.unwatch.take() else {
+            return;
+        };
+        // Unwatching waits for the OSD: not on an async worker thread.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || drop(u))),
+            Err(_) => drop(u),
+        }
+    }
+}
+
+extern "C" fn watch_notified(
+    arg: *mut c_void,
+    notify_id: u64,
+    cookie: u64,
+    _notifier: u64,
+    _data: *mut c_void,
+    _len: libc::size_t,
+) {
+    // SAFETY: `arg` is the watch's context, alive until its unwatch has
+    // flushed the callbacks.
+    let ctx = unsafe { &*(arg as *const WatchCtx) };
+    ctx.notified.store(true, Ordering::SeqCst);
+    // SAFETY: valid io context and object name; an empty reply.
+    unsafe { rados_notify_ack(ctx.io, ctx.oid.as_ptr(), notify_id, cookie, ptr::null(), 0) };
+}
+
+extern "C" fn watch_failed(arg: *mut c_void, _cookie: u64, err: c_int) {
+    // SAFETY: as in `watch_notified`.
+    let ctx = unsafe { &*(arg as *const WatchCtx) };
+    ctx.lost.store(true, Ordering::SeqCst);
+    tracing::warn!(
+        object = %ctx.oid.to_string_lossy(),
+        "watch lost: {}",
+        std::io::Error::from_raw_os_error(err.abs())
+    );
+}
+
+impl HeaderWatch {
+    /// Watches the header of the image with RBD id `id` in `pool`.
+    pub fn new(pool: &Arc<Pool>, id: &str) -> RbdResult<HeaderWatch> {
+        let oid = cstr("rados_watch2", &format!("rbd_header.{id}"))?;
+        let ctx = Box::into_raw(Box::new(WatchCtx {
+            io: pool.io,
+            oid,
+            lost: AtomicBool::new(false),
+            notified: AtomicBool::new(false),
+        }));
+        let mut cookie = 0u64;
+        // SAFETY: `ctx` outlives the watch (freed by `Unwatch` after the
+        // callbacks are flushed, or below if the watch never started).
+        let ret = unsafe {
+            rados_watch2(
+                pool.io,
+                (*ctx).oid.as_ptr(),
+                &mut cookie,
+                Some(watch_notified),
+                Some(watch_failed),
+                ctx as *mut c_void,
+            )
+        };
+        if let Err(e) = check("rados_watch2", ret) {
+            // SAFETY: no watch was registered; once the callbacks queued are
+            // flushed (there should be none), nothing holds `ctx`.
+            unsafe {
+                rados_watch_flush(pool.cluster.rados);
+                drop(Box::from_raw(ctx));
+            }
+            return Err(e);
+        }
+        Ok(HeaderWatch {
+            ctx,
+            unwatch: Some(Unwatch {
+                pool: pool.clone(),
+                cookie,
+                ctx,
+            }),
+        })
+    }
+
+    /// Ends the watch now, on this thread (it waits for the OSD).
+    pub fn end(mut self) {
+        drop(self.unwatch.take());
+    }
+
+    /// Whether the OSD dropped the watch (after the client was cut off
+    /// longer than the watch timeout): the image no longer counts this
+    /// client among its watchers.
+    pub fn lost(&self) -> bool {
+        self.ctx().lost.load(Ordering::SeqCst)
+    }
+
+    /// Whether a notify came since the last call (the header changed).
+    pub fn take_notified(&self) -> bool {
+        self.ctx().notified.swap(false, Ordering::SeqCst)
+    }
+
+    fn ctx(&self) -> &WatchCtx {
+        // SAFETY: the context lives as long as `unwatch`, which is only
+        // taken when the watch ends (`end`, drop).
+        unsafe { &*self.ctx }
+    }
+}
+
 // ---- image -----------------------------------------------------------------
 
 /// An open image (or snapshot of one).
@@ -809,31 +996,45 @@ fn timestamp(ts: libc::timespec) -> SystemTime {
 }
 
 impl Image {
-    /// Opens image `name` for writing (its head).
-    pub fn open(pool: &Arc<Pool>, name: &str) -> RbdResult<Image> {
-        let n = cstr("rbd_open", name)?;
+    /// Opens an image with librbd call `op`, given `key` (name or id) and
+    /// the out-pointer.
+    fn open_with(
+        pool: &Arc<Pool>,
+        op: &'static str,
+        key: &str,
+        open: impl FnOnce(*const c_char, *mut RbdImageT) -> c_int,
+    ) -> RbdResult<Image> {
+        let k = cstr(op, key)?;
         let mut img: RbdImageT = ptr::null_mut();
-        // SAFETY: valid io context and name; out-pointer.
-        check("rbd_open", unsafe {
-            rbd_open(pool.io, n.as_ptr(), &mut img, ptr::null())
-        })?;
+        check(op, open(k.as_ptr(), &mut img))?;
         Ok(Image {
             img,
             _pool: pool.clone(),
         })
     }
 
+    /// Opens image `name` for writing (its head).
+    pub fn open(pool: &Arc<Pool>, name: &str) -> RbdResult<Image> {
+        // SAFETY: valid io context and name; out-pointer.
+        Self::open_with(pool, "rbd_open", name, |n, out| unsafe {
+            rbd_open(pool.io, n, out, ptr::null())
+        })
+    }
+
     /// Opens the image with RBD id `id` (also one in the trash).
     pub fn open_by_id(pool: &Arc<Pool>, id: &str) -> RbdResult<Image> {
-        let i = cstr("rbd_open_by_id", id)?;
-        let mut img: RbdImageT = ptr::null_mut();
         // SAFETY: valid io context and id; out-pointer.
-        check("rbd_open_by_id", unsafe {
-            rbd_open_by_id(pool.io, i.as_ptr(), &mut img, ptr::null())
-        })?;
-        Ok(Image {
-            img,
-            _pool: pool.clone(),
+        Self::open_with(pool, "rbd_open_by_id", id, |i, out| unsafe {
+            rbd_open_by_id(pool.io, i, out, ptr::null())
+        })
+    }
+
+    /// Opens the image with RBD id `id` (also one in the trash) read-only:
+    /// no watch of its own, so every watcher it lists is another's.
+    pub fn open_by_id_read_only(pool: &Arc<Pool>, id: &str) -> RbdResult<Image> {
+        // SAFETY: valid io context and id; out-pointer.
+        Self::open_with(pool, "rbd_open_by_id_read_only", id, |i, out| unsafe {
+            rbd_open_by_id_read_only(pool.io, i, out, ptr::null())
         })
     }
 
@@ -847,17 +1048,11 @@ impl Image {
     /// a librados thread; a plain C loop of open-at-snap, stat, close shows
     /// it, the same loop with open then `rbd_snap_set` does not).
     pub fn open_read_only(pool: &Arc<Pool>, name: &str, snap: Option<&str>) -> RbdResult<Image> {
-        let n = cstr("rbd_open_read_only", name)?;
         let s = snap.map(|s| cstr("rbd_snap_set", s)).transpose()?;
-        let mut img: RbdImageT = ptr::null_mut();
         // SAFETY: valid io context and name; out-pointer.
-        check("rbd_open_read_only", unsafe {
-            rbd_open_read_only(pool.io, n.as_ptr(), &mut img, ptr::null())
+        let image = Self::open_with(pool, "rbd_open_read_only", name, |n, out| unsafe {
+            rbd_open_read_only(pool.io, n, out, ptr::null())
         })?;
-        let image = Image {
-            img,
-            _pool: pool.clone(),
-        };
         if let Some(s) = s {
             // SAFETY: open image, NUL-terminated name.
             check("rbd_snap_set", unsafe {
@@ -1029,8 +1224,8 @@ impl Image {
         }
     }
 
-    /// Global ids of the clients watching the image (those that have it open
-    /// for writing).
+    /// Global ids of the clients watching the image: those that have it
+    /// open for writing, and imagefs readers (`HeaderWatch`).
     pub fn watchers(&self) -> RbdResult<Vec<i64>> {
         let mut cap = 8usize;
         loop {

@@ -10,13 +10,17 @@
 //! (a fresh image for O_TRUNC) named `.imagefs-tmp-<id>.<n>`; commit gives it
 //! `snap` and swaps names, and the old version goes to the RBD trash, where
 //! it stays as long as clones (the new version until a background flatten
-//! detaches it, or Nova disks) need it. Copies inside the pool are clones.
+//! detaches it, or Nova disks) need it and readers read it; a deleted image
+//! goes through the trash too. Readers, on any mount, watch the version
+//! they read (`ffi::HeaderWatch`), and nothing watched is purged. Copies
+//! inside the pool are clones.
 //! Mode, owner, times, user xattrs and checksums are image metadata
 //! (`meta`). The librados/librbd calls are in `ffi`; blocking ones run on
 //! tokio's blocking pool, reads and writes are asynchronous (aio).
 
 mod ffi;
 mod meta;
+mod reader;
 mod upkeep;
 mod upload;
 
@@ -35,19 +39,23 @@ use super::{
     SetAttrs, StatFs, Store, StoreError, Upload, UploadMode, XattrMode, TEMP_PREFIX,
 };
 use crate::config::RbdStoreConfig;
-use ffi::{Cluster, Image, Layout, Pool, RbdError};
+use ffi::{Cluster, HeaderWatch, Image, Layout, Pool, RbdError};
+use reader::Reader;
 use upload::RbdUpload;
 
 /// The snapshot that marks an image as committed (Glance's name).
 pub const SNAP: &str = "snap";
 /// Old versions of replaced images, kept (in the trash) while clones need them.
 const OLD_PREFIX: &str = ".imagefs-old-";
-/// Least time an old version of a replaced image stays (in the trash):
-/// handles that opened it keep reading it that long at least.
+/// Least time an old version of a replaced image stays in the trash (after
+/// that, as long as a reader watches it): also covers a reader that lost
+/// its watch for a while, or one of an imagefs that did not watch.
 const OLD_GRACE: Duration = Duration::from_secs(3600);
 /// How long an open read handle serves reads before it is reopened, so a
 /// version committed by another mount is picked up.
 const READER_TTL: Duration = Duration::from_secs(2);
+/// Opens of a version tried while other mounts keep replacing it.
+const WATCH_TRIES: usize = 5;
 /// Connection and operation timeout when the config sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Images examined at once by `list`.
@@ -82,6 +90,8 @@ pub(crate) struct Conn {
     /// the two renames the name is missing): opens wait for the swap.
     swaps: Swaps,
     upkeep: upkeep::Upkeep,
+    /// Warns once that readers cannot watch (see `committed_watched`).
+    warn_unwatched: std::sync::Once,
 }
 
 /// Ids in the middle of a name swap, and a signal when one ends.
@@ -163,6 +173,7 @@ impl Conn {
             fsid,
             swaps: Swaps::default(),
             upkeep: upkeep::Upkeep::default(),
+            warn_unwatched: std::sync::Once::new(),
         })
     }
 }
@@ -171,6 +182,43 @@ impl Conn {
     /// Committed image `id` as Glance reads it: `<id>@snap`, read-only.
     fn committed(&self, id: &str) -> Result<Image> {
         self.open_with(id, || Image::open_read_only(&self.pool, id, Some(SNAP)))
+    }
+
+    /// `committed(id)` and a watch on it, taken before the name is checked
+    /// once more: whoever removes or replaces `id` after that renames it
+    /// first, and then finds the watch before purging it (`purge_old`).
+    /// A client whose caps do not allow watches (a read-only cephx user)
+    /// reads without one, as librbd's read-only opens do.
+    fn committed_watched(&self, id: &str) -> Result<(Image, Option<HeaderWatch>)> {
+        for _ in 0..WATCH_TRIES {
+            let img = self.committed(id)?;
+            let rbd_id = img.id().map_err(|e| map_err(id, e))?;
+            let watch = match HeaderWatch::new(&self.pool, &rbd_id) {
+                Ok(w) => Some(w),
+                Err(e) if e.errno == libc::EPERM || e.errno == libc::EACCES => {
+                    self.warn_unwatched.call_once(|| {
+                        tracing::warn!(
+                            "this Ceph user may not watch images ({e}): readers on this \
+                             mount are not protected from purges elsewhere"
+                        )
+                    });
+                    return Ok((img, None));
+                }
+                Err(e) => return Err(map_err(id, e)),
+            };
+            match self.pool.image_id(id) {
+                Ok(now) if now == rbd_id => return Ok((img, watch)),
+                // Replaced, renamed or removed meanwhile: open what the
+                // name holds now (or find it gone).
+                Ok(_) => {}
+                Err(e) if e.errno == libc::ENOENT => {}
+                Err(e) => return Err(map_err(id, e)),
+            }
+        }
+        Err(StoreError::Busy(
+            id.to_string(),
+            "replaced again each time it was opened".into(),
+        ))
     }
 
     /// Image `id` itself (its head), to write it or change its metadata.
@@ -219,29 +267,6 @@ fn parse_features(v: &str) -> Option<u64> {
 
 /// Open read handles by id; commits drop the id's entry.
 pub(crate) type Readers = Arc<Mutex<LruCache<String, Reader>>>;
-
-/// An open `<id>@snap`, its size, and when it was opened.
-#[derive(Clone)]
-pub(crate) struct Reader {
-    id: String,
-    at: Instant,
-    img: Arc<Image>,
-    size: u64,
-}
-
-#[async_trait]
-impl StoreReader for Reader {
-    async fn read(&self, offset: u64, len: u32) -> Result<Bytes> {
-        if offset >= self.size {
-            return Ok(Bytes::new());
-        }
-        let len = (len as u64).min(self.size - offset) as usize;
-        self.img
-            .read(offset, len)
-            .await
-            .map_err(|e| map_err(&self.id, e))
-    }
-}
 
 /// A failed connect, for the callers that waited for it.
 struct Failure {
@@ -331,28 +356,30 @@ impl RbdStore {
     async fn open_version(&self, id: &str) -> Result<Reader> {
         let conn = self.conn().await?;
         let name = id.to_string();
-        blocking(move || {
-            let img = conn.committed(&name)?;
-            let (size, _) = img.stat().map_err(|e| map_err(&name, e))?;
-            Ok(Reader {
-                id: name,
-                at: Instant::now(),
-                img: Arc::new(img),
-                size,
-            })
-        })
-        .await
+        blocking(move || Reader::open(&conn, &name)).await
     }
 
     /// The open snapshot `<id>@snap` reads by id are served from.
     async fn reader(&self, id: &str) -> Result<Reader> {
         if let Some(r) = self.readers.lock().unwrap().get(id) {
-            if r.at.elapsed() < READER_TTL {
+            if r.opened().elapsed() < READER_TTL {
                 return Ok(r.clone());
             }
         }
         let r = self.open_version(id).await?;
         self.readers.lock().unwrap().put(id.to_string(), r.clone());
+        // Out of the cache when its time is up, used or not, so that its
+        // watch does not hold the version (nor Glance's delete) back.
+        let (readers, id, at) = (Arc::downgrade(&self.readers), id.to_string(), r.opened());
+        tokio::spawn(async move {
+            tokio::time::sleep(READER_TTL).await;
+            if let Some(readers) = readers.upgrade() {
+                let mut readers = readers.lock().unwrap();
+                if readers.peek(&id).is_some_and(|r| r.opened() == at) {
+                    readers.pop(&id);
+                }
+            }
+        });
         Ok(r)
     }
 
@@ -398,44 +425,33 @@ fn meta_of(id: &str, img: &Image) -> std::result::Result<ObjectMeta, RbdError> {
     Ok(meta::parse(&pairs).object_meta(id, size, img.created()?, version))
 }
 
-/// Glance's delete: unprotect `snap`, remove it, remove the image; clones
-/// of `snap` make it Busy; other snapshots send the image to the trash.
+/// Glance's delete, minding readers on every mount. Clones of `id@snap`
+/// other than imagefs's own temporary images make it Busy, as in Glance.
+/// Otherwise the image is renamed out of the way (the name is free at once)
+/// and sent to the trash, which it leaves here and now unless a reader
+/// still watches it or an open handle's clone still reads from it; then a
+/// later purge removes it once they are done. Its `snap` goes only then,
+/// so a reader never finds its version gone under it: renaming first is
+/// what makes the watch check safe (`Conn::committed_watched`).
 fn delete_image(conn: &Conn, id: &str) -> Result<()> {
     let err = |e| map_err(id, e);
-    let img = conn.head(id)?;
-    let snaps = img.snaps().map_err(err)?;
-    if !snaps.iter().any(|s| s.name == SNAP) {
-        return Err(StoreError::NotFound(id.to_string()));
-    }
-    if img.snap_is_protected(SNAP).map_err(err)? {
-        match img.snap_unprotect(SNAP) {
-            Ok(()) => {}
-            Err(e) if e.errno == libc::EBUSY => {
-                drop(img);
-                if only_our_clones(conn, id) {
-                    // Writes in progress (handles still open on an image
-                    // being removed) read from it: the name goes now, the
-                    // data once they are done.
-                    let old = temp_name(OLD_PREFIX, id);
-                    conn.pool.rename(id, &old).map_err(err)?;
-                    return retire_old(conn, &old);
-                }
-                return Err(StoreError::Busy(
-                    id.to_string(),
-                    "it has clones (copies or VM disks made from it)".into(),
-                ));
-            }
-            Err(e) if e.errno == libc::EINVAL => {} // already unprotected
-            Err(e) => return Err(err(e)),
-        }
-    }
-    img.snap_remove(SNAP).map_err(err)?;
-    let others = snaps.len() > 1;
+    let img = conn.committed(id)?;
+    let children = img.children().map_err(err)?;
     drop(img);
-    if others {
-        conn.pool.trash_move(id, Duration::ZERO).map_err(err)?;
-    } else {
-        conn.pool.remove(id).map_err(err)?;
+    if children.iter().any(|c| !c.starts_with(TEMP_PREFIX)) {
+        return Err(StoreError::Busy(
+            id.to_string(),
+            "it has clones (copies or VM disks made from it)".into(),
+        ));
+    }
+    let old = temp_name(OLD_PREFIX, id);
+    conn.pool.rename(id, &old).map_err(err)?;
+    if let Err(e) = to_trash(conn, &old, Duration::ZERO) {
+        // Give the name back rather than leave the image hidden.
+        if let Err(back) = conn.pool.rename(&old, id) {
+            tracing::warn!("{id} is left as {old} (gc sends it to the trash): {back}");
+        }
+        return Err(e);
     }
     touch_dir(conn);
     purge_old(conn, false);
@@ -453,25 +469,26 @@ fn touch_dir(conn: &Conn) {
     }
 }
 
-/// Whether every clone of `id@snap` is a temporary image of imagefs's own.
-fn only_our_clones(conn: &Conn, id: &str) -> bool {
-    Image::open_read_only(&conn.pool, id, Some(SNAP))
-        .and_then(|s| s.children())
-        .is_ok_and(|c| !c.is_empty() && c.iter().all(|n| n.starts_with(TEMP_PREFIX)))
-}
-
 /// Sends the old version of a replaced image (renamed `name`) to the
 /// trash. It stays there at least `OLD_GRACE`, so readers on other mounts
 /// that still have it open keep reading it, and after that as long as
 /// clones (the new version until its flatten ends, VM disks) need it.
 fn retire_old(conn: &Conn, name: &str) -> Result<()> {
-    conn.pool
-        .trash_move(name, OLD_GRACE)
-        .map_err(|e| map_err(name, e))
+    to_trash(conn, name, OLD_GRACE)
+}
+
+/// Moves hidden image `name` to the trash, to stay there `delay` at least.
+/// Gone already is done: `imagefs gc` moved it (see `upload::collect`).
+fn to_trash(conn: &Conn, name: &str, delay: Duration) -> Result<()> {
+    match conn.pool.trash_move(name, delay) {
+        Err(e) if e.errno != libc::ENOENT => Err(map_err(name, e)),
+        _ => Ok(()),
+    }
 }
 
 /// Removes old versions from the trash once their grace has passed (or at
-/// once with `force`) and nothing is cloned from them; returns their names.
+/// once with `force`), nothing is cloned from them and no reader on any
+/// mount watches them; returns their names.
 fn purge_old(conn: &Conn, force: bool) -> Vec<String> {
     let now = SystemTime::now();
     let Ok(trash) = conn.pool.trash_list() else {
@@ -480,6 +497,14 @@ fn purge_old(conn: &Conn, force: bool) -> Vec<String> {
     let mut gone = Vec::new();
     for t in trash {
         if !t.name.starts_with(OLD_PREFIX) || (t.keep_until > now && !force) {
+            continue;
+        }
+        // Opened read-only, the image lists no watch of this open's own:
+        // every watcher is a reader (of this process too) or a writer.
+        let watched = Image::open_by_id_read_only(&conn.pool, &t.id)
+            .and_then(|img| img.watchers())
+            .map_or(true, |w| !w.is_empty());
+        if watched {
             continue;
         }
         let Ok(img) = Image::open_by_id(&conn.pool, &t.id) else {

@@ -1,6 +1,7 @@
 //! Background upkeep of one connection: after a new version replaced an
 //! image, flattening it away from the old version it was cloned from, then
-//! purging old versions from the trash. One job at a time, on one thread,
+//! purging old versions from the trash (also when the last reader of a
+//! version that lost its name is done). One job at a time, on one thread,
 //! so that upkeep never races itself on the same images.
 
 use std::sync::mpsc::{channel, Sender};
@@ -10,10 +11,9 @@ use super::ffi::Image;
 use super::{purge_old, Conn};
 
 /// A new version (by RBD image id, which renames do not change) that may
-/// be a clone of the old version `old`.
+/// be a clone of the old version `old`, then a purge; or a purge alone.
 struct Job {
-    new_id: String,
-    old: String,
+    detach: Option<(String, String)>,
 }
 
 /// The queue of one connection's upkeep thread, started at the first job.
@@ -26,8 +26,21 @@ impl Upkeep {
     /// Queues the flatten of `new_id` (if it is a clone of `old`) and a
     /// purge of the trash.
     pub fn detach(&self, conn: &Arc<Conn>, new_id: String, old: String) {
+        self.queue(
+            conn,
+            Job {
+                detach: Some((new_id, old)),
+            },
+        );
+    }
+
+    /// Queues a purge of the trash.
+    pub fn purge(&self, conn: &Arc<Conn>) {
+        self.queue(conn, Job { detach: None });
+    }
+
+    fn queue(&self, conn: &Arc<Conn>, job: Job) {
         let mut tx = self.tx.lock().unwrap();
-        let job = Job { new_id, old };
         let job = match tx.as_ref() {
             Some(t) => match t.send(job) {
                 Ok(()) => return,
@@ -58,18 +71,21 @@ impl Upkeep {
 }
 
 fn run(c: &Conn, job: &Job) {
-    if let Ok(img) = Image::open_by_id(&c.pool, &job.new_id) {
-        let from_old = img
-            .parent()
-            .ok()
-            .flatten()
-            .is_some_and(|p| p.image == job.old);
-        if from_old {
-            match img.flatten() {
-                Ok(()) => tracing::debug!(old = job.old, "new version flattened"),
-                Err(e) => tracing::warn!(old = job.old, "flattening a new version failed: {e}"),
-            }
-        }
+    if let Some((new_id, old)) = &job.detach {
+        detach(c, new_id, old);
     }
     purge_old(c, false);
+}
+
+fn detach(c: &Conn, new_id: &str, old: &str) {
+    let Ok(img) = Image::open_by_id(&c.pool, new_id) else {
+        return;
+    };
+    let from_old = img.parent().ok().flatten().is_some_and(|p| p.image == old);
+    if from_old {
+        match img.flatten() {
+            Ok(()) => tracing::debug!(old, "new version flattened"),
+            Err(e) => tracing::warn!(old, "flattening a new version failed: {e}"),
+        }
+    }
 }

@@ -736,7 +736,15 @@ pub(crate) fn collect(
     let now = SystemTime::now();
     let mut found = Vec::new();
     for name in c.pool.list().map_err(|e| map_err("list", e))? {
-        if live.contains(&name) || name.starts_with(OLD_PREFIX) {
+        if live.contains(&name) {
+            continue;
+        }
+        if name.starts_with(OLD_PREFIX) {
+            // An old version that a crash (or an outage) left between its
+            // rename and the trash: it goes to the trash now.
+            if !dry_run && retire_old(c, &name).is_ok() {
+                tracing::info!("{name}: sent to the trash");
+            }
             continue;
         }
         let Ok(img) = Image::open_read_only(&c.pool, &name, None) else {
