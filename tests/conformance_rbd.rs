@@ -545,6 +545,42 @@ async fn readers_elsewhere_keep_deleted_and_replaced_versions() {
     assert_eq!(rm, "", "rbd rm once the reader is done");
 }
 
+/// A reader whose watch is lost (here: its client is blocklisted, as after
+/// being cut off from the cluster longer than the watch timeout) may no
+/// longer be protected from purges: its reads fail with ESTALE, not with
+/// whatever the cluster then answers, and never read zeros.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_that_lose_their_watch_fail_with_estale() {
+    let pool = tokio::task::spawn_blocking(|| fresh_pool("lost-watch"))
+        .await
+        .unwrap();
+    let (here, there) = (store_on(&pool), store_on(&pool));
+    let bytes = conformance::data(1 << 20, 31);
+    conformance::put(&here, "img", &bytes).await;
+    let r = there.open_reader("img").await.unwrap().unwrap();
+    assert!(r.read(0, 4096).await.unwrap()[..] == bytes[..4096]);
+    let status = run_text("rbd", &["status", &format!("{pool}/img")]);
+    let addr = status
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("watcher="))
+        .unwrap_or_else(|| panic!("the reader watches: {status}"))
+        .to_string();
+    run("ceph", &["osd", "blocklist", "add", &addr]);
+    let mut errno = 0;
+    for _ in 0..150 {
+        match r.read(0, 4096).await {
+            Ok(b) => assert!(b[..] == bytes[..4096]),
+            Err(e) => {
+                errno = imagefs::fs::errno_of(&e);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    run("ceph", &["osd", "blocklist", "rm", &addr]);
+    assert_eq!(errno, libc::ESTALE, "the reads after the watch was lost");
+}
+
 /// `rbd rm POOL/NAME`: "" if it succeeded, else its error.
 fn rbd_rm(pool: &str, name: &str) -> String {
     let out = Command::new("rbd")
