@@ -458,6 +458,16 @@ async fn trash_holds(pool: &str, want: usize, store: Option<&Arc<dyn Store>>) ->
     false
 }
 
+/// A fresh pool and two stores on it, each its own Ceph client (as two
+/// nodes).
+async fn two_clients(name: &'static str) -> (String, Arc<dyn Store>, Arc<dyn Store>) {
+    let pool = tokio::task::spawn_blocking(move || fresh_pool(name))
+        .await
+        .unwrap();
+    let (a, b) = (store_on(&pool), store_on(&pool));
+    (pool, a, b)
+}
+
 /// Readers on another mount (another Ceph client) keep reading the version
 /// they opened when this one deletes or replaces the image, even through
 /// a gc with --older-than 0: they watch its header, `rbd status` lists
@@ -465,10 +475,7 @@ async fn trash_holds(pool: &str, want: usize, store: Option<&Arc<dyn Store>>) ->
 /// the watch, such a reader read zeros once the version was purged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_elsewhere_keep_deleted_and_replaced_versions() {
-    let pool = tokio::task::spawn_blocking(|| fresh_pool("readers-elsewhere"))
-        .await
-        .unwrap();
-    let (here, there) = (store_on(&pool), store_on(&pool));
+    let (pool, here, there) = two_clients("readers-elsewhere").await;
     let old = conformance::data(9 << 20, 21);
     conformance::put(&here, "gone", &old).await;
     conformance::put(&here, "swapped", &old).await;
@@ -551,10 +558,7 @@ async fn readers_elsewhere_keep_deleted_and_replaced_versions() {
 /// whatever the cluster then answers, and never read zeros.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_that_lose_their_watch_fail_with_estale() {
-    let pool = tokio::task::spawn_blocking(|| fresh_pool("lost-watch"))
-        .await
-        .unwrap();
-    let (here, there) = (store_on(&pool), store_on(&pool));
+    let (pool, here, there) = two_clients("lost-watch").await;
     let bytes = conformance::data(1 << 20, 31);
     conformance::put(&here, "img", &bytes).await;
     let r = there.open_reader("img").await.unwrap().unwrap();
