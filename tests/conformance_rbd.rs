@@ -240,13 +240,7 @@ async fn glance_images_read_back() {
     let head = store.head("glance-img").await.unwrap();
     assert_eq!(head.size, bytes.len() as u64);
     assert!(conformance::get(&store, "glance-img").await == bytes);
-    let ids: Vec<String> = store
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
+    let ids = conformance::ids(&store).await;
     assert_eq!(ids, vec!["glance-img".to_string()]);
     assert!(matches!(
         store.head("half-uploaded").await,

@@ -193,7 +193,7 @@ async fn objects_written_by_boto3_read_exactly() {
     }
     assert_eq!(via_reader, all);
     assert_eq!(conformance::get(&st, "glance-small").await, &all[..1000]);
-    let names: Vec<String> = st.list().await.unwrap().into_iter().map(|m| m.id).collect();
+    let names = conformance::ids(&st).await;
     assert_eq!(names, vec!["glance-img", "glance-small"]);
 
     st.copy("glance-img", "copied").await.unwrap();

@@ -73,8 +73,14 @@ pub async fn get(store: &Arc<dyn Store>, id: &str) -> Vec<u8> {
     out
 }
 
+/// The ids `list` answers.
+pub async fn ids(store: &Arc<dyn Store>) -> Vec<String> {
+    let listed = store.list().await.unwrap();
+    listed.into_iter().map(|m| m.id).collect()
+}
+
 async fn listed(store: &Arc<dyn Store>, id: &str) -> bool {
-    store.list().await.unwrap().iter().any(|m| m.id == id)
+    ids(store).await.iter().any(|i| i == id)
 }
 
 pub async fn put_get_delete_list(store: Arc<dyn Store>) {
@@ -192,13 +198,7 @@ pub async fn orphaned_upload_frees_its_id(store: Arc<dyn Store>) {
         store.create_upload("img-o", UploadMode::New).await,
         Err(StoreError::AlreadyExists(_))
     ));
-    let ids: Vec<String> = store
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.id)
-        .collect();
+    let ids = ids(&store).await;
     assert_eq!(
         ids.iter().filter(|i| i.contains("img-o")).count(),
         1,

@@ -703,29 +703,20 @@ struct WatchCtx {
 /// open for writing. A read-only open registers none, so this is how a
 /// reader tells every other client (imagefs's purge on any node, `rbd rm`,
 /// Glance's delete) that it still reads the image. Notifies are acked at
-/// once. Dropping it unwatches on a blocking thread.
+/// once. Dropping it unwatches, which waits for the OSD: drop it on a
+/// blocking thread.
 pub struct HeaderWatch {
-    unwatch: Option<Unwatch>,
-    ctx: *const WatchCtx,
-}
-
-// SAFETY: `ctx` is the context the `Unwatch` owns (read through atomics
-// only); the rest is librados state usable from any thread.
-unsafe impl Send for HeaderWatch {}
-unsafe impl Sync for HeaderWatch {}
-
-/// Ends a watch when dropped: unwatch, wait for callbacks in flight, free
-/// their context.
-struct Unwatch {
     pool: Arc<Pool>,
     cookie: u64,
     ctx: *mut WatchCtx,
 }
 
-// SAFETY: as for `HeaderWatch`.
-unsafe impl Send for Unwatch {}
+// SAFETY: `ctx` is only read through atomics (and by librados, which owns
+// the callbacks); the rest is librados state usable from any thread.
+unsafe impl Send for HeaderWatch {}
+unsafe impl Sync for HeaderWatch {}
 
-impl Drop for Unwatch {
+impl Drop for HeaderWatch {
     fn drop(&mut self) {
         // SAFETY: the watch was registered with this cookie on this io
         // context; after rados_watch_flush no callback uses `ctx` any more,
@@ -734,19 +725,6 @@ impl Drop for Unwatch {
             rados_unwatch2(self.pool.io, self.cookie);
             rados_watch_flush(self.pool.cluster.rados);
             drop(Box::from_raw(self.ctx));
-        }
-    }
-}
-
-impl Drop for HeaderWatch {
-    fn drop(&mut self) {
-        let Some(u) = self.unwatch.take() else {
-            return;
-        };
-        // Unwatching waits for the OSD: not on an async worker thread.
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(move || drop(u))),
-            Err(_) => drop(u),
         }
     }
 }
@@ -789,8 +767,9 @@ impl HeaderWatch {
             notified: AtomicBool::new(false),
         }));
         let mut cookie = 0u64;
-        // SAFETY: `ctx` outlives the watch (freed by `Unwatch` after the
-        // callbacks are flushed, or below if the watch never started).
+        // SAFETY: `ctx` outlives the watch (freed by `HeaderWatch::drop`
+        // after the callbacks are flushed, or below if the watch never
+        // started).
         let ret = unsafe {
             rados_watch2(
                 pool.io,
@@ -811,18 +790,10 @@ impl HeaderWatch {
             return Err(e);
         }
         Ok(HeaderWatch {
+            pool: pool.clone(),
+            cookie,
             ctx,
-            unwatch: Some(Unwatch {
-                pool: pool.clone(),
-                cookie,
-                ctx,
-            }),
         })
-    }
-
-    /// Ends the watch now, on this thread (it waits for the OSD).
-    pub fn end(mut self) {
-        drop(self.unwatch.take());
     }
 
     /// Whether the OSD dropped the watch (after the client was cut off
@@ -838,8 +809,7 @@ impl HeaderWatch {
     }
 
     fn ctx(&self) -> &WatchCtx {
-        // SAFETY: the context lives as long as `unwatch`, which is only
-        // taken when the watch ends (`end`, drop).
+        // SAFETY: the context lives until drop.
         unsafe { &*self.ctx }
     }
 }

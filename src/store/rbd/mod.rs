@@ -188,8 +188,9 @@ impl Conn {
     /// once more: whoever removes or replaces `id` after that renames it
     /// first, and then finds the watch before purging it (`purge_old`).
     /// A client whose caps do not allow watches (a read-only cephx user)
-    /// reads without one, as librbd's read-only opens do.
-    fn committed_watched(&self, id: &str) -> Result<(Image, Option<HeaderWatch>)> {
+    /// reads without one, as librbd's read-only opens do. Also returns the
+    /// image's RBD id.
+    fn committed_watched(&self, id: &str) -> Result<(Image, String, Option<HeaderWatch>)> {
         for _ in 0..WATCH_TRIES {
             let img = self.committed(id)?;
             let rbd_id = img.id().map_err(|e| map_err(id, e))?;
@@ -202,12 +203,12 @@ impl Conn {
                              mount are not protected from purges elsewhere"
                         )
                     });
-                    return Ok((img, None));
+                    return Ok((img, rbd_id, None));
                 }
                 Err(e) => return Err(map_err(id, e)),
             };
             match self.pool.image_id(id) {
-                Ok(now) if now == rbd_id => return Ok((img, watch)),
+                Ok(now) if now == rbd_id => return Ok((img, rbd_id, watch)),
                 // Replaced, renamed or removed meanwhile: open what the
                 // name holds now (or find it gone).
                 Ok(_) => {}

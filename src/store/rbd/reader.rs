@@ -88,7 +88,7 @@ impl Drop for VersionWatch {
             std::mem::take(&mut self.rbd_id),
         );
         let end = move || {
-            watch.end();
+            drop(watch); // unwatches: waits for the OSD
             if conn.pool.image_id(&name).ok() != Some(rbd_id) {
                 conn.upkeep.purge(&conn);
             }
@@ -104,9 +104,8 @@ impl Reader {
     /// `<id>@snap` as committed now, open and watched.
     pub(crate) fn open(conn: &Arc<Conn>, id: &str) -> Result<Reader> {
         let err = |e| map_err(id, e);
-        let (img, watch) = conn.committed_watched(id)?;
+        let (img, rbd_id, watch) = conn.committed_watched(id)?;
         let (size, _) = img.stat().map_err(err)?;
-        let rbd_id = img.id().map_err(err)?;
         let snap_id = img
             .snaps()
             .map_err(err)?
