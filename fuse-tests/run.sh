@@ -38,6 +38,7 @@ ALL_TESTS=(
     commit_at_close
     dup_close_fsync_write
     write_while_reading
+    read_beside_writer
     backend_image_visible
     exclusive_create
     times_stable_after_create
@@ -672,6 +673,37 @@ EOF
     assert_backend_same "$WORK/wwr_expected" a "$id"
     assert_eq "$(xattr user.imagefs.os_hash_value "$SA/$id")" \
         "$(sha512sum <"$WORK/wwr_expected" | cut -d' ' -f1)" "os_hash_value after writing while reading"
+}
+
+t_read_beside_writer() {
+    # A reader that opens an image while a write-only descriptor writes it
+    # (direct I/O where the kernel allows it, so the reader is direct too):
+    # its reads and its shared mapping see every write once it returned,
+    # never a stale page; the image is what was written.
+    local id
+    id=$(newid)
+    python3 - "$SA/$id" "$WORK/rbw_expected" <<'EOF' || fail "read beside writer"
+import mmap, os, sys
+path, expected = sys.argv[1:]
+w = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+data = bytearray(os.urandom(3 << 20))
+os.pwrite(w, data, 0)
+r = os.open(path, os.O_RDONLY)
+assert os.pread(r, 4096, 1 << 20) == data[1 << 20:(1 << 20) + 4096], "reader misses the first write"
+m = mmap.mmap(r, len(data), mmap.MAP_SHARED, mmap.PROT_READ)
+assert m[:65536] == data[:65536], "mapping misses the first write"
+patch = os.urandom(65536)
+os.pwrite(w, patch, 4096)
+data[4096:4096 + len(patch)] = patch
+assert os.pread(r, 65536, 4096) == patch, "reader sees a stale page"
+assert m[4096:4096 + 65536] == patch, "mapping shows a stale page"
+m.close()
+os.close(r)
+os.close(w)
+open(expected, "wb").write(data)
+EOF
+    cmp "$WORK/rbw_expected" "$SA/$id" || fail "image differs from what was written"
+    assert_backend_same "$WORK/rbw_expected" a "$id"
 }
 
 t_backend_image_visible() {

@@ -182,14 +182,17 @@ impl Filesystem for FuseAdapter {
         try_add(kc, InitFlags::FUSE_DO_READDIRPLUS);
         try_add(kc, InitFlags::FUSE_PARALLEL_DIROPS);
         try_add(kc, InitFlags::FUSE_ASYNC_DIO);
-        try_add(kc, InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        // Kernels that know this flag (6.6+) also drop the cached pages a
+        // direct-I/O write covers.
+        let direct_writes = try_add(kc, InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        self.fs.set_direct_writes_available(direct_writes);
         // The kernel then caches ACL lookups (`ls -l` asks for one per file).
         try_add(kc, InitFlags::FUSE_POSIX_ACL);
         let passthrough = self.fs.options().passthrough
             && kc.set_max_stack_depth(1).is_ok()
             && try_add(kc, InitFlags::FUSE_PASSTHROUGH);
         self.fs.set_passthrough_available(passthrough);
-        tracing::info!(passthrough, "FUSE session initialised");
+        tracing::info!(passthrough, direct_writes, "FUSE session initialised");
         Ok(())
     }
 

@@ -121,6 +121,10 @@ pub struct ImageFs {
     next_fh: AtomicU64,
     /// The kernel accepted FUSE passthrough at init.
     passthrough_ok: AtomicBool,
+    /// The kernel drops cached pages a direct-I/O write covers (it accepted
+    /// FUSE_DIRECT_IO_ALLOW_MMAP at init: Linux 6.6 and later), so
+    /// write-only handles may bypass the page cache.
+    direct_writes_ok: AtomicBool,
     /// The kernel's id of this mount (/proc/PID/fdinfo `mnt_id`); 0: unknown.
     mount_id: AtomicU64,
     /// Times of directories that have none of their own.
@@ -130,6 +134,16 @@ pub struct ImageFs {
 fn is_write(flags: i32) -> bool {
     let acc = flags & libc::O_ACCMODE;
     acc == libc::O_WRONLY || acc == libc::O_RDWR
+}
+
+/// How a new handle may talk to the kernel, from its open flags.
+fn access(flags: i32, direct_writes: bool) -> open::Access {
+    open::Access {
+        write: is_write(flags),
+        write_only: flags & libc::O_ACCMODE == libc::O_WRONLY,
+        append: flags & libc::O_APPEND != 0,
+        direct_writes,
+    }
 }
 
 impl ImageFs {
@@ -145,6 +159,7 @@ impl ImageFs {
             readahead: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             passthrough_ok: AtomicBool::new(false),
+            direct_writes_ok: AtomicBool::new(false),
             mount_id: AtomicU64::new(0),
             started: SystemTime::now(),
         }
@@ -162,6 +177,12 @@ impl ImageFs {
     pub fn set_passthrough_available(&self, ok: bool) {
         self.passthrough_ok
             .store(ok && self.opts.passthrough, Ordering::Relaxed);
+    }
+
+    /// The kernel keeps its page cache coherent with direct-I/O writes
+    /// (called by the adapter at init).
+    pub fn set_direct_writes_available(&self, ok: bool) {
+        self.direct_writes_ok.store(ok, Ordering::Relaxed);
     }
 
     /// Tells the core the kernel's id of its mount, so that a close can
@@ -771,14 +792,8 @@ impl ImageFs {
             None
         };
         let fh = self.new_fh();
-        let (handle, io) = open::choose(
-            &img,
-            write,
-            flags & libc::O_APPEND != 0,
-            false,
-            local,
-            shared,
-        )?;
+        let direct = self.direct_writes_ok.load(Ordering::Relaxed);
+        let (handle, io) = open::choose(&img, access(flags, direct), false, local, shared)?;
         self.handles.lock().unwrap().insert(fh, handle);
         if matches!(io, IoMode::Passthrough(None)) {
             self.wait_for_backing(fh).await;
@@ -933,14 +948,8 @@ impl ImageFs {
         let attr = self.staged_attr(&img, &staging);
         *img.staging.lock().await = Some(staging);
         let fh = self.new_fh();
-        let (handle, io) = open::choose(
-            &img,
-            is_write(flags),
-            flags & libc::O_APPEND != 0,
-            true,
-            local,
-            shared,
-        )?;
+        let direct = self.direct_writes_ok.load(Ordering::Relaxed);
+        let (handle, io) = open::choose(&img, access(flags, direct), true, local, shared)?;
         self.handles.lock().unwrap().insert(fh, handle);
         self.invalidate_listing(s);
         Ok((attr, Opened { fh, io }))

@@ -1,10 +1,10 @@
 //! Open handles and how each talks to the kernel: FUSE passthrough to the
 //! local file (the committed image, or the file the kernel writes a new
-//! image into), the page cache, or direct I/O (when the kernel refuses a
-//! passthrough file). While an inode has passthrough handles the kernel
-//! fails (EIO) any open that does not pass through to the same backing
-//! file, and it refuses passthrough while page-cache handles are open. This
-//! module keeps those rules.
+//! image into), the page cache, or direct I/O (write-only handles, handles
+//! beside them, and handles whose passthrough the kernel refused). While an
+//! inode has passthrough handles the kernel fails (EIO) any open that does
+//! not pass through to the same backing file, and it refuses passthrough
+//! while page-cache handles are open. This module keeps those rules.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
@@ -54,6 +54,17 @@ pub(super) struct Handle {
     pub kind: Kind,
 }
 
+/// What an open asks for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Access {
+    pub write: bool,
+    /// Opened O_WRONLY: the handle never reads.
+    pub write_only: bool,
+    pub append: bool,
+    /// The kernel drops cached pages that a direct-I/O write covers.
+    pub direct_writes: bool,
+}
+
 /// Decides the I/O mode of a new handle and records it on the inode.
 /// `local` is a file offered for passthrough: the committed image, or the
 /// staging's file when `shared` (the kernel writes it). While an inode has
@@ -61,14 +72,21 @@ pub(super) struct Handle {
 /// the same file: readers join them, and so do writers of a shared staging;
 /// a writer of a committed image being read that way would change it under
 /// its readers, and gets EBUSY.
+///
+/// Otherwise a write-only handle bypasses the page cache (direct I/O) when
+/// the kernel keeps that cache coherent with such writes and no handle of
+/// the inode caches pages: its data then goes from the writer's buffer to
+/// this process in one copy, instead of through the page cache, and it
+/// never reads. Every handle opened while the inode has direct-I/O handles
+/// is direct I/O too, so no page cache can go stale under them.
 pub(super) fn choose(
     image: &Arc<ImageNode>,
-    writable: bool,
-    append: bool,
+    access: Access,
     created: bool,
     local: Option<File>,
     shared: bool,
 ) -> FsResult<(Handle, IoMode)> {
+    let writable = access.write;
     let mut io = image.io.lock().unwrap();
     let (kind, mode) = if io.passthrough > 0 {
         if writable && !shared {
@@ -84,6 +102,11 @@ pub(super) fn choose(
                 io.backing = file.metadata().ok().map(|m| (m.dev(), m.ino()));
                 (Kind::Passthrough, IoMode::Passthrough(Some(file)))
             }
+            _ if access.direct_writes
+                && (io.direct > 0 || (access.write_only && io.cached == 0)) =>
+            {
+                (Kind::Direct, IoMode::DirectIo)
+            }
             _ => (Kind::Cached, IoMode::Cached),
         }
     };
@@ -98,7 +121,7 @@ pub(super) fn choose(
     let handle = Handle {
         image: image.clone(),
         writable,
-        append,
+        append: access.append,
         created,
         kind,
     };

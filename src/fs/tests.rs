@@ -545,3 +545,59 @@ async fn server_side_copy_reuses_the_source_checksums() {
     let e = r.fs.copy_file_range(sfh, 0, bfh, 0, 10).await.unwrap_err();
     assert_eq!(e.errno, libc::EXDEV);
 }
+
+#[tokio::test]
+async fn write_only_handles_bypass_the_page_cache_when_it_stays_coherent() {
+    let r = rig();
+    let direct = |o: &Opened| matches!(o.io, IoMode::DirectIo);
+    // A kernel that does not drop pages under direct writes: all cached.
+    let (ino, fh) = create(&r.fs, A, "img").await;
+    close(&r.fs, fh).await.unwrap();
+    let w = r.fs.open(ino, libc::O_WRONLY).await.unwrap();
+    assert!(matches!(w.io, IoMode::Cached));
+    close(&r.fs, w.fh).await.unwrap();
+
+    r.fs.set_direct_writes_available(true);
+    // Write-only: direct; so is every handle opened beside it.
+    let w = r.fs.open(ino, libc::O_WRONLY).await.unwrap();
+    assert!(direct(&w));
+    let rd = r.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert!(
+        direct(&rd),
+        "a reader beside a direct writer caches nothing"
+    );
+    let rw = r.fs.open(ino, libc::O_RDWR).await.unwrap();
+    assert!(direct(&rw));
+    for fh in [w.fh, rd.fh, rw.fh] {
+        close(&r.fs, fh).await.unwrap();
+    }
+    // Handles that may read go through the page cache, and a writer
+    // opened while one is open does too.
+    let rd = r.fs.open(ino, libc::O_RDONLY).await.unwrap();
+    assert!(matches!(rd.io, IoMode::Cached));
+    let rw = r.fs.open(ino, libc::O_RDWR).await.unwrap();
+    assert!(matches!(rw.io, IoMode::Cached));
+    let w = r.fs.open(ino, libc::O_WRONLY).await.unwrap();
+    assert!(matches!(w.io, IoMode::Cached), "a cached reader is open");
+    for fh in [w.fh, rd.fh, rw.fh] {
+        close(&r.fs, fh).await.unwrap();
+    }
+    // New images created write-only, as cp and Glance do.
+    let (_, opened) =
+        r.fs.create(
+            A,
+            "new",
+            0o644,
+            0o022,
+            libc::O_WRONLY | libc::O_CREAT,
+            Caller::default(),
+        )
+        .await
+        .unwrap();
+    assert!(direct(&opened));
+    r.fs.write(opened.fh, 0, Bytes::from_static(b"data"))
+        .await
+        .unwrap();
+    close(&r.fs, opened.fh).await.unwrap();
+    assert_eq!(on_disk(&r.dirs[0], "new").unwrap(), b"data");
+}
