@@ -43,6 +43,7 @@ ALL_TESTS=(
     exclusive_create
     times_stable_after_create
     unlink_while_open
+    read_then_rm
     rename_while_open
     reuse_name_while_open
     name_max
@@ -76,6 +77,7 @@ ALL_TESTS=(
 #   backend_T_mode NAME ID          print the octal mode the backend keeps (or -)
 #   backend_T_teardown              remove what setup made
 #   backend_T_reclaim               (optional) free the space of deleted objects now
+#   backend_T_trash NAME            (optional) list what deleted images wait for
 # Tests only talk to the backend through `backend OP ARGS...`.
 # ---------------------------------------------------------------------------
 backend() { local op=$1; shift; "backend_${STORE_TYPE}_$op" "$@"; }
@@ -136,6 +138,7 @@ backend_rbd_leftovers() { # images without snap, and imagefs's temp images
         backend_rbd_committed "$p" "$n" || echo "$n"
     done
 }
+backend_rbd_trash() { rbd_ trash ls "$(backend_rbd_pool "$1")"; }
 backend_rbd_put() { # as Glance's driver: import with order 23, snap, protect
     local p; p=$(backend_rbd_pool "$1")
     rbd_ import --no-progress --order 23 "$3" "$p/$2" >/dev/null &&
@@ -745,6 +748,32 @@ for path, data in ((sys.argv[1], b""), (sys.argv[2], b"x" * 100000)):
 if bad:
     sys.exit("FAIL: times changed with no change to the image: " + "; ".join(bad))
 EOF2
+}
+
+t_read_then_rm() {
+    # Read an image, close it, unlink it at once: close() returns before the
+    # kernel's RELEASE, which then races with the UNLINK. Ten rounds;
+    # nothing may be left behind (rbd: no clone kept for the closed reader,
+    # and the trash, where its deleted image waited for it, empties).
+    local src i n
+    src=$(data rtr_src 3M)
+    for i in $(seq 10); do cp "$src" "$SA/rtr$i"; done
+    python3 - "$SA" "$src" <<'EOF' || fail "read then rm"
+import os, sys
+d, src = sys.argv[1:]
+want = open(src, "rb").read()
+for i in range(1, 11):
+    p = os.path.join(d, f"rtr{i}")
+    with open(p, "rb") as f:
+        assert f.read() == want, f"rtr{i} differs"
+    os.unlink(p)
+EOF
+    n=$(backend leftovers a | wc -l)
+    assert_eq "$n" 0 "upload leftovers in the backend: $(backend leftovers a | tr '\n' ' ')"
+    if declare -F "backend_${STORE_TYPE}_trash" >/dev/null; then
+        for i in $(seq 50); do [ -z "$(backend trash a)" ] && break; sleep 0.2; done
+        assert_eq "$(backend trash a | wc -l)" 0 "deleted images still waiting: $(backend trash a | tr '\n' ' ')"
+    fi
 }
 
 t_unlink_while_open() {

@@ -432,6 +432,32 @@ async fn open_readers_keep_their_version() {
     assert!(trash_holds(&pool, 0, Some(&store)).await);
 }
 
+/// An image deleted while a copy-on-write upload of it is open (what the fs
+/// keeps for descriptors still using an unlinked image) waits in the trash
+/// for that clone; once the upload is aborted (their last close), the
+/// version goes at once, without waiting for gc or another delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_version_goes_with_the_clone_kept_for_it() {
+    let pool = tokio::task::spawn_blocking(|| fresh_pool("kept-clone"))
+        .await
+        .unwrap();
+    let store = store_on(&pool);
+    conformance::put(&store, "img", &conformance::data(2 << 20, 12)).await;
+    let mut kept = store
+        .create_upload("img", UploadMode::Modify)
+        .await
+        .unwrap();
+    kept.write_at(0, bytes::Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    store.delete("img").await.unwrap();
+    let trash = run_text("rbd", &["trash", "ls", &pool]);
+    assert!(trash.contains(".imagefs-old-img."), "{trash}");
+    kept.abort().await.unwrap();
+    assert!(trash_holds(&pool, 0, None).await, "still in the trash");
+    assert_eq!(run_text("rbd", &["ls", &pool]).trim(), "");
+}
+
 /// Whether the pool's trash holds `want` images within 10 s (a reader's
 /// watch ends on a blocking thread after the reader drops), running gc
 /// with --older-than 0 on `store` meanwhile if given.

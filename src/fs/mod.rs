@@ -565,14 +565,15 @@ impl ImageFs {
     pub async fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
         let s = self.store_dir(parent)?;
         self.check_writable(s)?;
-        if let Some(img) = self.inodes.by_name(s, name) {
+        let img = self.inodes.by_name(s, name);
+        if let Some(img) = &img {
             let open = img.io.lock().unwrap().handles() > 0;
             // What a commit in progress publishes is what goes: it cannot
             // come back afterwards.
             let mut guard = img.staging_after_commit().await;
             let was_new = unpublished_new(&guard);
             if open {
-                self.keep_for_open_handles(&img, &mut guard).await?;
+                self.keep_for_open_handles(img, &mut guard).await?;
             } else if let Some(st) = guard.take() {
                 st.abort().await?;
             }
@@ -580,17 +581,37 @@ impl ImageFs {
             if was_new {
                 self.inodes.unlink(s, name);
                 self.invalidate_listing(s);
+                self.discard_if_closed(img).await;
                 return Ok(());
             }
             if open {
-                let _ = self.head(&img).await; // remembered for fstat
+                let _ = self.head(img).await; // remembered for fstat
             }
         }
         let result = self.stores[s].delete(name).await;
         self.invalidate_listing(s);
         result?;
         self.inodes.unlink(s, name);
+        if let Some(img) = &img {
+            self.discard_if_closed(img).await;
+        }
         Ok(())
+    }
+
+    /// Drops what an unlinked image kept for its open handles once none is
+    /// left. Called by release after the last handle, and by unlink and
+    /// rename after the name is gone: a handle released while they ran
+    /// (close() returns before the kernel's RELEASE, so `cat x; rm x`
+    /// races) still counted as open for them, and saw the name still there.
+    async fn discard_if_closed(&self, img: &ImageNode) {
+        if img.name().is_some() || img.io.lock().unwrap().handles() > 0 {
+            return;
+        }
+        if let Some(st) = img.staging.lock().await.take() {
+            if let Err(e) = st.abort().await {
+                tracing::warn!(ino = img.ino, "dropping an unlinked image's data: {e}");
+            }
+        }
     }
 
     /// An image loses its name while handles still use it: they keep its
@@ -637,17 +658,20 @@ impl ImageFs {
             self.commit(&img, false, true).await?;
         }
         // A write in progress under the target name is replaced too.
-        if !noreplace {
-            if let Some(img) = self.inodes.by_name(s, newname) {
-                let open = img.io.lock().unwrap().handles() > 0;
-                // Not one that would publish over the rename afterwards.
-                let mut guard = img.staging_after_commit().await;
-                if open && !unpublished_new(&guard) {
-                    // The image replaced: as after an unlink.
-                    self.keep_for_open_handles(&img, &mut guard).await?;
-                } else if let Some(st) = guard.take() {
-                    st.abort().await?;
-                }
+        let replaced = if noreplace {
+            None
+        } else {
+            self.inodes.by_name(s, newname)
+        };
+        if let Some(img) = &replaced {
+            let open = img.io.lock().unwrap().handles() > 0;
+            // Not one that would publish over the rename afterwards.
+            let mut guard = img.staging_after_commit().await;
+            if open && !unpublished_new(&guard) {
+                // The image replaced: as after an unlink.
+                self.keep_for_open_handles(img, &mut guard).await?;
+            } else if let Some(st) = guard.take() {
+                st.abort().await?;
             }
         }
         let result = self.stores[s].rename(name, newname, !noreplace).await;
@@ -659,6 +683,9 @@ impl ImageFs {
             }
         }
         self.inodes.rename(s, name, newname);
+        if let Some(img) = &replaced {
+            self.discard_if_closed(img).await;
+        }
         Ok(())
     }
 
@@ -1190,14 +1217,7 @@ impl ImageFs {
                 tracing::error!(ino = h.image.ino, "commit at release failed: {e}");
             }
         }
-        let unlinked = h.image.name().is_none();
-        if unlinked && h.image.io.lock().unwrap().handles() == 0 {
-            if let Some(st) = h.image.staging.lock().await.take() {
-                if let Err(e) = st.abort().await {
-                    tracing::warn!(ino = h.image.ino, "dropping an unlinked image's data: {e}");
-                }
-            }
-        }
+        self.discard_if_closed(&h.image).await;
     }
 
     // ---- extended attributes ---------------------------------------------

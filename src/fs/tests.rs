@@ -601,3 +601,38 @@ async fn write_only_handles_bypass_the_page_cache_when_it_stays_coherent() {
     close(&r.fs, opened.fh).await.unwrap();
     assert_eq!(on_disk(&r.dirs[0], "new").unwrap(), b"data");
 }
+
+#[tokio::test]
+async fn a_handle_released_while_its_image_is_unlinked_leaves_nothing() {
+    let r = rig();
+    for replace in [false, true] {
+        let (ino, fh) = create(&r.fs, A, "img").await;
+        r.fs.write(fh, 0, Bytes::from_static(b"data"))
+            .await
+            .unwrap();
+        close(&r.fs, fh).await.unwrap();
+        let (_, w) = create(&r.fs, A, "other").await;
+        close(&r.fs, w).await.unwrap();
+        let rd = r.fs.open(ino, libc::O_RDONLY).await.unwrap().fh;
+        r.fs.flush(rd, 0).await.unwrap();
+        // `cat img; rm img`: close() has returned, and the kernel's RELEASE
+        // comes while the UNLINK (or a rename over the image) runs.
+        let gone = async {
+            if replace {
+                r.fs.rename(A, "other", A, "img", false, false).await
+            } else {
+                r.fs.unlink(A, "img").await
+            }
+        };
+        let (gone, ()) = tokio::join!(gone, r.fs.release(rd));
+        gone.unwrap();
+        let img = r.fs.image(ino).unwrap();
+        assert!(
+            img.staging.lock().await.is_none(),
+            "the data kept for the closed handle is still there (replace: {replace})"
+        );
+        for name in ["img", "other"] {
+            let _ = r.fs.unlink(A, name).await;
+        }
+    }
+}

@@ -714,10 +714,18 @@ impl Upload for RbdUpload {
         self.forget();
         let img = self.img.take();
         let (c, t) = (self.conn.clone(), self.target.clone());
+        let cloned = self.mode == UploadMode::Modify;
         drop(self);
         blocking(move || {
             drop(img);
-            c.pool.remove(&t).map_err(|e| map_err(&t, e))
+            c.pool.remove(&t).map_err(|e| map_err(&t, e))?;
+            // The version this was a clone of may have been deleted
+            // meanwhile (the fs keeps such a clone for descriptors of an
+            // unlinked image): it waited in the trash for this clone only.
+            if cloned {
+                c.upkeep.purge(&c);
+            }
+            Ok(())
         })
         .await
     }
