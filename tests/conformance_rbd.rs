@@ -72,6 +72,15 @@ fn fresh_pool(name: &str) -> String {
     pool
 }
 
+/// A fresh pool (on a blocking thread) and a store on it.
+async fn pool_and_store(name: &'static str) -> (String, Arc<dyn Store>) {
+    let pool = tokio::task::spawn_blocking(move || fresh_pool(name))
+        .await
+        .unwrap();
+    let store = store_on(&pool);
+    (pool, store)
+}
+
 fn store_on(pool: &str) -> Arc<dyn Store> {
     let cfg = RbdStoreConfig {
         pool: pool.to_string(),
@@ -149,10 +158,7 @@ fn snaps(pool: &str, id: &str) -> serde_json::Value {
 /// Written through the store: exactly what Glance's driver produces.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn layout_matches_glance() {
-    let pool = tokio::task::spawn_blocking(|| fresh_pool("layout"))
-        .await
-        .unwrap();
-    let store = store_on(&pool);
+    let (pool, store) = pool_and_store("layout").await;
     let bytes = conformance::data((9 << 20) + 4321, 7);
     conformance::put(&store, "3f1c0e2a-0000-4000-8000-000000000001", &bytes).await;
     let id = "3f1c0e2a-0000-4000-8000-000000000001";
@@ -214,10 +220,7 @@ async fn layout_matches_glance() {
 /// an image without `snap` is an upload in progress and is not listed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn glance_images_read_back() {
-    let pool = tokio::task::spawn_blocking(|| fresh_pool("glance-import"))
-        .await
-        .unwrap();
-    let store = store_on(&pool);
+    let (pool, store) = pool_and_store("glance-import").await;
     let bytes = conformance::data((17 << 20) + 99, 8);
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &bytes).unwrap();
@@ -263,10 +266,7 @@ async fn glance_images_read_back() {
 /// then cannot be deleted (EBUSY) while the clone exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_is_a_clone_and_pins_its_source() {
-    let pool = tokio::task::spawn_blocking(|| fresh_pool("clone"))
-        .await
-        .unwrap();
-    let store = store_on(&pool);
+    let (pool, store) = pool_and_store("clone").await;
     let bytes = conformance::data(3 << 20, 9);
     conformance::put(&store, "src", &bytes).await;
     // Whole-image copy_file_range into a new upload, as `cp` does.
@@ -402,10 +402,7 @@ async fn outage_fails_within_the_timeout() {
 /// the same id (the old one waits in the trash); new readers see the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_readers_keep_their_version() {
-    let pool = tokio::task::spawn_blocking(|| fresh_pool("pinned"))
-        .await
-        .unwrap();
-    let store = store_on(&pool);
+    let (pool, store) = pool_and_store("pinned").await;
     let old = conformance::data(5 << 20, 10);
     conformance::put(&store, "img", &old).await;
     let reader = store.open_reader("img").await.unwrap().expect("rbd pins");
@@ -438,10 +435,7 @@ async fn open_readers_keep_their_version() {
 /// version goes at once, without waiting for gc or another delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_version_goes_with_the_clone_kept_for_it() {
-    let pool = tokio::task::spawn_blocking(|| fresh_pool("kept-clone"))
-        .await
-        .unwrap();
-    let store = store_on(&pool);
+    let (pool, store) = pool_and_store("kept-clone").await;
     conformance::put(&store, "img", &conformance::data(2 << 20, 12)).await;
     let mut kept = store
         .create_upload("img", UploadMode::Modify)
@@ -626,10 +620,7 @@ fn rbd_rm(pool: &str, name: &str) -> String {
 /// the upkeep thread then flattens so that the old one can be purged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lookups_during_commits_always_find_the_image() {
-    let pool = tokio::task::spawn_blocking(|| fresh_pool("swaps"))
-        .await
-        .unwrap();
-    let store = store_on(&pool);
+    let (pool, store) = pool_and_store("swaps").await;
     conformance::put(&store, "img", &conformance::data(1 << 20, 1)).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let lookups: Vec<_> = (0..2)

@@ -60,19 +60,23 @@ fn md5_hex(data: &[u8]) -> String {
     hex::encode(openssl::hash::hash(openssl::hash::MessageDigest::md5(), data).unwrap())
 }
 
+/// Creates `name` write-only (as cp and Glance do): its inode and handle.
 async fn create(fs: &ImageFs, dir: u64, name: &str) -> (u64, u64) {
-    let (attr, opened) = fs
-        .create(
-            dir,
-            name,
-            0o644,
-            0o022,
-            libc::O_WRONLY | libc::O_CREAT,
-            Caller::default(),
-        )
-        .await
-        .unwrap();
+    let (attr, opened) = create_opened(fs, dir, name).await;
     (attr.ino, opened.fh)
+}
+
+async fn create_opened(fs: &ImageFs, dir: u64, name: &str) -> (Attr, Opened) {
+    fs.create(
+        dir,
+        name,
+        0o644,
+        0o022,
+        libc::O_WRONLY | libc::O_CREAT,
+        Caller::default(),
+    )
+    .await
+    .unwrap()
 }
 
 async fn close(fs: &ImageFs, fh: u64) -> FsResult<()> {
@@ -583,17 +587,7 @@ async fn write_only_handles_bypass_the_page_cache_when_it_stays_coherent() {
         close(&r.fs, fh).await.unwrap();
     }
     // New images created write-only, as cp and Glance do.
-    let (_, opened) =
-        r.fs.create(
-            A,
-            "new",
-            0o644,
-            0o022,
-            libc::O_WRONLY | libc::O_CREAT,
-            Caller::default(),
-        )
-        .await
-        .unwrap();
+    let (_, opened) = create_opened(&r.fs, A, "new").await;
     assert!(direct(&opened));
     r.fs.write(opened.fh, 0, Bytes::from_static(b"data"))
         .await
