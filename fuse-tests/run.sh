@@ -768,11 +768,13 @@ for i in range(1, 11):
         assert f.read() == want, f"rtr{i} differs"
     os.unlink(p)
 EOF
-    n=$(backend leftovers a | wc -l)
-    assert_eq "$n" 0 "upload leftovers in the backend: $(backend leftovers a | tr '\n' ' ')"
+    n=$(backend leftovers a | grep -c -- 'rtr[0-9]*' || true)
+    assert_eq "$n" 0 "upload leftovers in the backend: $(backend leftovers a | grep -- 'rtr[0-9]*' | tr '\n' ' ')"
     if declare -F "backend_${STORE_TYPE}_trash" >/dev/null; then
-        for i in $(seq 50); do [ -z "$(backend trash a)" ] && break; sleep 0.2; done
-        assert_eq "$(backend trash a | wc -l)" 0 "deleted images still waiting: $(backend trash a | tr '\n' ' ')"
+        # (other tests' replaced versions wait there for an hour)
+        for i in $(seq 50); do backend trash a | grep -q -- '-rtr[0-9]*\.' || break; sleep 0.2; done
+        n=$(backend trash a | grep -c -- '-rtr[0-9]*\.' || true)
+        assert_eq "$n" 0 "deleted images still waiting: $(backend trash a | grep -- '-rtr[0-9]*\.' | tr '\n' ' ')"
     fi
 }
 
