@@ -136,16 +136,6 @@ fn is_write(flags: i32) -> bool {
     acc == libc::O_WRONLY || acc == libc::O_RDWR
 }
 
-/// How a new handle may talk to the kernel, from its open flags.
-fn access(flags: i32, direct_writes: bool) -> open::Access {
-    open::Access {
-        write: is_write(flags),
-        write_only: flags & libc::O_ACCMODE == libc::O_WRONLY,
-        append: flags & libc::O_APPEND != 0,
-        direct_writes,
-    }
-}
-
 impl ImageFs {
     pub fn new(stores: Vec<Arc<dyn Store>>, opts: FsOptions) -> ImageFs {
         let n = stores.len();
@@ -183,6 +173,17 @@ impl ImageFs {
     /// (called by the adapter at init).
     pub fn set_direct_writes_available(&self, ok: bool) {
         self.direct_writes_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// What an open with `flags` asks for, and whether this mount's kernel
+    /// allows direct-I/O writes.
+    fn access(&self, flags: i32) -> open::Access {
+        open::Access {
+            write: is_write(flags),
+            write_only: flags & libc::O_ACCMODE == libc::O_WRONLY,
+            append: flags & libc::O_APPEND != 0,
+            direct_writes: self.direct_writes_ok.load(Ordering::Relaxed),
+        }
     }
 
     /// Tells the core the kernel's id of its mount, so that a close can
@@ -819,8 +820,7 @@ impl ImageFs {
             None
         };
         let fh = self.new_fh();
-        let direct = self.direct_writes_ok.load(Ordering::Relaxed);
-        let (handle, io) = open::choose(&img, access(flags, direct), false, local, shared)?;
+        let (handle, io) = open::choose(&img, self.access(flags), false, local, shared)?;
         self.handles.lock().unwrap().insert(fh, handle);
         if matches!(io, IoMode::Passthrough(None)) {
             self.wait_for_backing(fh).await;
@@ -975,8 +975,7 @@ impl ImageFs {
         let attr = self.staged_attr(&img, &staging);
         *img.staging.lock().await = Some(staging);
         let fh = self.new_fh();
-        let direct = self.direct_writes_ok.load(Ordering::Relaxed);
-        let (handle, io) = open::choose(&img, access(flags, direct), true, local, shared)?;
+        let (handle, io) = open::choose(&img, self.access(flags), true, local, shared)?;
         self.handles.lock().unwrap().insert(fh, handle);
         self.invalidate_listing(s);
         Ok((attr, Opened { fh, io }))
