@@ -44,6 +44,7 @@ ALL_TESTS=(
     times_stable_after_create
     unlink_while_open
     read_then_rm
+    rm_while_reading
     rename_while_open
     reuse_name_while_open
     name_max
@@ -775,6 +776,41 @@ EOF
         for i in $(seq 50); do backend trash a | grep -q -- '-rtr[0-9]*\.' || break; sleep 0.2; done
         n=$(backend trash a | grep -c -- '-rtr[0-9]*\.' || true)
         assert_eq "$n" 0 "deleted images still waiting: $(backend trash a | grep -- '-rtr[0-9]*\.' | tr '\n' ' ')"
+    fi
+}
+
+t_rm_while_reading() {
+    # An image unlinked while two descriptors only read it, one that has
+    # read and one that has not: both read it whole afterwards, and no
+    # copy of it is made in the backend for them meanwhile (rbd: no clone;
+    # they read the deleted version, which waits in the trash); once they
+    # close, nothing of it is left.
+    local src n
+    src=$(data rwr_src 6M)
+    cp "$src" "$SA/rwr1"
+    exec 7<"$SA/rwr1" 8<"$SA/rwr1"
+    python3 -c 'import os, sys; assert os.pread(7, 4096, 0) == open(sys.argv[1], "rb").read(4096)' "$src" ||
+        fail "first read"
+    rm "$SA/rwr1"
+    [ ! -e "$SA/rwr1" ] || fail "rwr1 still there after rm"
+    n=$(backend leftovers a | grep -c -- 'rwr1' || true)
+    assert_eq "$n" 0 "copies made for the readers: $(backend leftovers a | grep -- 'rwr1' | tr '\n' ' ')"
+    python3 - "$src" <<'EOF' || fail "reads after rm"
+import os, sys
+want = open(sys.argv[1], "rb").read()
+for fd in (7, 8):
+    got = b"".join(os.pread(fd, 1 << 20, off) for off in range(0, len(want) + 1, 1 << 20))
+    assert got == want, f"descriptor {fd} reads {len(got)} other bytes after rm"
+    assert os.fstat(fd).st_nlink == 0, f"descriptor {fd}: st_nlink {os.fstat(fd).st_nlink}"
+EOF
+    exec 7<&- 8<&-
+    ! backend exists a rwr1 || fail "rwr1 is back in the backend after close"
+    n=$(backend leftovers a | grep -c -- 'rwr1' || true)
+    assert_eq "$n" 0 "leftovers after close: $(backend leftovers a | grep -- 'rwr1' | tr '\n' ' ')"
+    if declare -F "backend_${STORE_TYPE}_trash" >/dev/null; then
+        for n in $(seq 50); do backend trash a | grep -q -- '-rwr1\.' || break; sleep 0.2; done
+        n=$(backend trash a | grep -c -- '-rwr1\.' || true)
+        assert_eq "$n" 0 "the deleted image still waits in the trash: $(backend trash a | grep -- '-rwr1\.' | tr '\n' ' ')"
     fi
 }
 

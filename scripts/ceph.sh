@@ -40,8 +40,15 @@ ceph_() { timeout 30 ceph -c "$conf" "$@"; }
 
 rand_hex() { head -c "$1" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 
-pid_alive() { # pid_alive PIDFILE
-    [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+pid_alive() { # pid_alive PIDFILE: the daemon it names runs. A pid left by a
+    # daemon that is gone may belong to another process or thread since
+    # (kill -0 accepts thread ids): only a process started with this
+    # cluster's config counts.
+    local pid
+    [ -f "$1" ] && pid=$(cat "$1") && [ -n "$pid" ] || return 1
+    awk -v p="$pid" '$1 == "Tgid:" { t = $2 } END { exit t != p }' "/proc/$pid/status" 2>/dev/null ||
+        return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- " $conf "
 }
 
 write_conf() { # write_conf FSID OBJECTSTORE
@@ -262,7 +269,7 @@ cmd_down() {
         "$dir"/run/mon.*.pid; do
         [ -f "$f" ] || continue
         pid=$(cat "$f")
-        if kill -0 "$pid" 2>/dev/null; then
+        if pid_alive "$f"; then
             kill "$pid"
             for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
             if kill -0 "$pid" 2>/dev/null; then

@@ -27,7 +27,13 @@ secret_key="imagefs-test-secret-not-for-production"
 log() { printf 's3s.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-alive() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+alive() { # the s3s-fs started here runs (not a process or thread that got its pid since)
+    local pid
+    [ -f "$pidfile" ] && pid=$(cat "$pidfile") && [ -n "$pid" ] || return 1
+    awk -v p="$pid" '$1 == "Tgid:" { t = $2 } END { exit t != p }' "/proc/$pid/status" 2>/dev/null ||
+        return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- " $dir/data "
+}
 
 answers() { # any HTTP answer (403 without a signature) means it is up
     local code

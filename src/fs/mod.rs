@@ -616,7 +616,9 @@ impl ImageFs {
     }
 
     /// An image loses its name while handles still use it: they keep its
-    /// content, as that of an unlinked local file, in a staging nobody
+    /// content, as that of an unlinked local file. Handles that only read
+    /// keep the version they have open where the store keeps it for them
+    /// (`pin_readers`); otherwise the content goes into a staging nobody
     /// will commit (discarded when the last closes), and the names that
     /// staging held in the store are free for a new image at once.
     async fn keep_for_open_handles(
@@ -624,9 +626,53 @@ impl ImageFs {
         img: &ImageNode,
         guard: &mut Option<Staging>,
     ) -> FsResult<()> {
+        if guard.is_none() && self.pin_readers(img).await {
+            return Ok(());
+        }
         self.ensure_staging(img, guard, UploadMode::Modify).await?;
         let st = guard.as_mut().expect("staging exists");
         Ok(st.upload.orphan().await?)
+    }
+
+    /// Has every handle of `img` read on the version open now, where the
+    /// store goes on serving an open version once it is deleted or
+    /// replaced: then an unlink or a rename over `img` needs no copy for
+    /// them. False when a handle may write, or the store keeps nothing,
+    /// or a version cannot be opened. The caller holds `img`'s staging
+    /// lock, so no commit replaces the version meanwhile.
+    async fn pin_readers(&self, img: &ImageNode) -> bool {
+        let store = &self.stores[img.store];
+        if !store.capabilities().readers_outlive_delete || img.io.lock().unwrap().writers > 0 {
+            return false;
+        }
+        let Some(name) = img.name() else {
+            return false;
+        };
+        let fhs: Vec<u64> = {
+            let handles = self.handles.lock().unwrap();
+            let of_img = handles.iter().filter(|(_, h)| h.image.ino == img.ino);
+            of_img.map(|(fh, _)| *fh).collect()
+        };
+        for fh in fhs {
+            let ra = {
+                // Not for a handle released meanwhile: nothing would drop it.
+                let handles = self.handles.lock().unwrap();
+                if !handles.contains_key(&fh) {
+                    continue;
+                }
+                let mut readahead = self.readahead.lock().unwrap();
+                let entry = readahead.entry(fh).or_insert_with(|| {
+                    let ra = ReadAhead::new(store.clone(), name.clone());
+                    (img.ino, Arc::new(ra))
+                });
+                entry.1.clone()
+            };
+            if let Err(e) = ra.pin().await {
+                tracing::debug!(ino = img.ino, "a handle cannot keep its version open: {e}");
+                return false;
+            }
+        }
+        true
     }
 
     pub async fn rename(
@@ -678,10 +724,10 @@ impl ImageFs {
         let result = self.stores[s].rename(name, newname, !noreplace).await;
         self.invalidate_listing(s);
         result?;
-        for n in [name, newname] {
-            if let Some(img) = self.inodes.by_name(s, n) {
-                self.drop_readahead(img.ino);
-            }
+        // The renamed image's handles open it again under its new name;
+        // those of the image it replaced go on with the version they keep.
+        if let Some(img) = self.inodes.by_name(s, name) {
+            self.drop_readahead(img.ino);
         }
         self.inodes.rename(s, name, newname);
         if let Some(img) = &replaced {
@@ -819,9 +865,31 @@ impl ImageFs {
         } else {
             None
         };
+        let store = &self.stores[img.store];
+        // A reader keeps the version open now where the store keeps it
+        // for it, as a local file's descriptor does: one replaced or
+        // deleted after this open (here or on another mount) reads on.
+        // Not past a commit of this mount's that ends meanwhile.
+        let pin = !write && !staged && store.capabilities().readers_outlive_delete;
+        let committing = if pin {
+            Some(img.committing.lock().await)
+        } else {
+            None
+        };
+        let pinned = if pin {
+            let ra = ReadAhead::new(store.clone(), Self::name_of(&img)?);
+            ra.pin().await?;
+            Some(Arc::new(ra))
+        } else {
+            None
+        };
         let fh = self.new_fh();
         let (handle, io) = open::choose(&img, self.access(flags), false, local, shared)?;
         self.handles.lock().unwrap().insert(fh, handle);
+        if let Some(ra) = pinned {
+            self.readahead.lock().unwrap().insert(fh, (img.ino, ra));
+        }
+        drop(committing);
         if matches!(io, IoMode::Passthrough(None)) {
             self.wait_for_backing(fh).await;
         }
@@ -1207,8 +1275,11 @@ impl ImageFs {
     /// Last close of a handle; commits leftovers of the last writer (mmap
     /// writes can arrive after flush).
     pub async fn release(&self, fh: u64) {
+        // The handle first: `pin_readers` adds read-ahead only to handles
+        // still there.
+        let h = self.handles.lock().unwrap().remove(&fh);
         self.readahead.lock().unwrap().remove(&fh);
-        let Some(h) = self.handles.lock().unwrap().remove(&fh) else {
+        let Some(h) = h else {
             return;
         };
         if open::release(&h) {

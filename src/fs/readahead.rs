@@ -98,7 +98,8 @@ impl ReadAhead {
         cell
     }
 
-    pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes> {
+    /// What the handle reads, opened by its first read or by `pin`.
+    async fn reader(&self) -> Result<Arc<dyn Reader>> {
         let reader = self
             .reader
             .get_or_try_init(|| async {
@@ -110,8 +111,17 @@ impl ReadAhead {
                     })
                 }))
             })
-            .await?
-            .clone();
+            .await?;
+        Ok(reader.clone())
+    }
+
+    /// Opens the version the handle reads now, if no read has yet.
+    pub async fn pin(&self) -> Result<()> {
+        self.reader().await.map(drop)
+    }
+
+    pub async fn read(&self, offset: u64, len: u32) -> Result<Bytes> {
+        let reader = self.reader().await?;
         let end = offset + len as u64;
         let needed: Vec<(u64, Cell)> = {
             let mut st = self.state.lock().await;

@@ -546,6 +546,7 @@ impl Store for FileStore {
             cheap_clone: false,
             local_files: true,
             metadata: true,
+            readers_outlive_delete: false,
         }
     }
 

@@ -54,6 +54,10 @@ pub struct Capabilities {
     pub local_files: bool,
     /// User xattrs, mode, owner and times persist.
     pub metadata: bool,
+    /// A reader from `open_reader` goes on reading its version after the
+    /// image is deleted or replaced (the store keeps the version for it),
+    /// so an unlink needs no copy for handles that only read.
+    pub readers_outlive_delete: bool,
 }
 
 /// What `head` and `list` report about one image.

@@ -550,6 +550,7 @@ impl Store for RbdStore {
             cheap_clone: true,
             local_files: false,
             metadata: true,
+            readers_outlive_delete: true,
         }
     }
 

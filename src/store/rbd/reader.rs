@@ -30,6 +30,9 @@ pub(crate) struct Reader {
 /// lost its name meanwhile (deleted or replaced: it waited in the trash for
 /// its readers), the upkeep thread purges the trash.
 struct VersionWatch {
+    /// The open version, closed with the watch (both wait for the OSD) on
+    /// a blocking thread.
+    img: Option<Arc<Image>>,
     watch: Option<HeaderWatch>,
     conn: Arc<Conn>,
     name: String,
@@ -79,15 +82,15 @@ impl VersionWatch {
 
 impl Drop for VersionWatch {
     fn drop(&mut self) {
-        let Some(watch) = self.watch.take() else {
-            return;
-        };
+        let (img, watch) = (self.img.take(), self.watch.take());
         let (conn, name, rbd_id) = (
             self.conn.clone(),
             std::mem::take(&mut self.name),
             std::mem::take(&mut self.rbd_id),
         );
         let end = move || {
+            drop(img); // closes the image (unless a read still holds it)
+            let Some(watch) = watch else { return };
             drop(watch); // unwatches: waits for the OSD
             if conn.pool.image_id(&name).ok() != Some(rbd_id) {
                 conn.upkeep.purge(&conn);
@@ -112,12 +115,14 @@ impl Reader {
             .into_iter()
             .find(|s| s.name == SNAP)
             .map_or(0, |s| s.id);
+        let img = Arc::new(img);
         Ok(Reader {
             id: id.to_string(),
             at: Instant::now(),
-            img: Arc::new(img),
+            img: img.clone(),
             size,
             watch: Arc::new(VersionWatch {
+                img: Some(img),
                 watch,
                 conn: conn.clone(),
                 name: id.to_string(),

@@ -235,6 +235,7 @@ impl Store for S3Store {
             cheap_clone: false,
             local_files: false,
             metadata: true,
+            readers_outlive_delete: false,
         }
     }
 
