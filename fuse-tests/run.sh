@@ -352,6 +352,20 @@ assert_grep() { # assert_grep PATTERN FILE WHAT
 }
 
 # errno_of 'PYTHON STATEMENT' ARGS...: run it (args in a), print OK or EPERM etc.
+assert_none_left() { # assert_none_left PATTERN WHAT: no upload leftover in store a matches
+    local n
+    n=$(backend leftovers a | grep -c -- "$1" || true)
+    assert_eq "$n" 0 "$2: $(backend leftovers a | grep -- "$1" | tr '\n' ' ')"
+}
+assert_trash_empties() { # assert_trash_empties PATTERN WHAT: in a backend with a trash
+    # (rbd), no entry of store a matches within 10 s (other tests' replaced
+    # versions rightly wait there for an hour)
+    local i n
+    declare -F "backend_${STORE_TYPE}_trash" >/dev/null || return 0
+    for i in $(seq 50); do backend trash a | grep -q -- "$1" || break; sleep 0.2; done
+    n=$(backend trash a | grep -c -- "$1" || true)
+    assert_eq "$n" 0 "$2: $(backend trash a | grep -- "$1" | tr '\n' ' ')"
+}
 errno_of() {
     local code=$1; shift
     python3 - "$code" "$@" <<'EOF'
@@ -756,7 +770,7 @@ t_read_then_rm() {
     # kernel's RELEASE, which then races with the UNLINK. Ten rounds;
     # nothing may be left behind (rbd: no clone kept for the closed reader,
     # and the trash, where its deleted image waited for it, empties).
-    local src i n
+    local src i
     src=$(data rtr_src 3M)
     for i in $(seq 10); do cp "$src" "$SA/rtr$i"; done
     python3 - "$SA" "$src" <<'EOF' || fail "read then rm"
@@ -769,14 +783,8 @@ for i in range(1, 11):
         assert f.read() == want, f"rtr{i} differs"
     os.unlink(p)
 EOF
-    n=$(backend leftovers a | grep -c -- 'rtr[0-9]*' || true)
-    assert_eq "$n" 0 "upload leftovers in the backend: $(backend leftovers a | grep -- 'rtr[0-9]*' | tr '\n' ' ')"
-    if declare -F "backend_${STORE_TYPE}_trash" >/dev/null; then
-        # (other tests' replaced versions wait there for an hour)
-        for i in $(seq 50); do backend trash a | grep -q -- '-rtr[0-9]*\.' || break; sleep 0.2; done
-        n=$(backend trash a | grep -c -- '-rtr[0-9]*\.' || true)
-        assert_eq "$n" 0 "deleted images still waiting: $(backend trash a | grep -- '-rtr[0-9]*\.' | tr '\n' ' ')"
-    fi
+    assert_none_left 'rtr[0-9]*' "upload leftovers in the backend"
+    assert_trash_empties '-rtr[0-9]*\.' "deleted images still waiting"
 }
 
 t_rm_while_reading() {
@@ -785,7 +793,7 @@ t_rm_while_reading() {
     # copy of it is made in the backend for them meanwhile (rbd: no clone;
     # they read the deleted version, which waits in the trash); once they
     # close, nothing of it is left.
-    local src n
+    local src
     src=$(data rwr_src 6M)
     cp "$src" "$SA/rwr1"
     exec 7<"$SA/rwr1" 8<"$SA/rwr1"
@@ -793,8 +801,7 @@ t_rm_while_reading() {
         fail "first read"
     rm "$SA/rwr1"
     [ ! -e "$SA/rwr1" ] || fail "rwr1 still there after rm"
-    n=$(backend leftovers a | grep -c -- 'rwr1' || true)
-    assert_eq "$n" 0 "copies made for the readers: $(backend leftovers a | grep -- 'rwr1' | tr '\n' ' ')"
+    assert_none_left rwr1 "copies made for the readers"
     python3 - "$src" <<'EOF' || fail "reads after rm"
 import os, sys
 want = open(sys.argv[1], "rb").read()
@@ -805,13 +812,8 @@ for fd in (7, 8):
 EOF
     exec 7<&- 8<&-
     ! backend exists a rwr1 || fail "rwr1 is back in the backend after close"
-    n=$(backend leftovers a | grep -c -- 'rwr1' || true)
-    assert_eq "$n" 0 "leftovers after close: $(backend leftovers a | grep -- 'rwr1' | tr '\n' ' ')"
-    if declare -F "backend_${STORE_TYPE}_trash" >/dev/null; then
-        for n in $(seq 50); do backend trash a | grep -q -- '-rwr1\.' || break; sleep 0.2; done
-        n=$(backend trash a | grep -c -- '-rwr1\.' || true)
-        assert_eq "$n" 0 "the deleted image still waits in the trash: $(backend trash a | grep -- '-rwr1\.' | tr '\n' ' ')"
-    fi
+    assert_none_left rwr1 "leftovers after close"
+    assert_trash_empties '-rwr1\.' "the deleted image still waits in the trash"
 }
 
 t_unlink_while_open() {
