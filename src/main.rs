@@ -244,6 +244,7 @@ fn serve(
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     ready.ready();
     let result = session.run();
+    rt.block_on(fs.shutdown(Duration::from_secs(10)));
     if let Some(p) = pid_file {
         let _ = std::fs::remove_file(p);
     }

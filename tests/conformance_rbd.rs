@@ -452,6 +452,36 @@ async fn a_deleted_version_goes_with_the_clone_kept_for_it() {
     assert_eq!(run_text("rbd", &["ls", &pool]).trim(), "");
 }
 
+/// A version deleted while a reader read it waits in the trash for the
+/// reader; when the reader is dropped just before unmount, `shutdown`
+/// returns only once it is gone (it used to stay until the next purge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_purges_what_the_last_readers_left() {
+    let (pool, store) = pool_and_store("shutdown").await;
+    let want = conformance::data(3 << 20, 13);
+    let mut readers = Vec::new();
+    for id in ["one", "two", "three"] {
+        conformance::put(&store, id, &want).await;
+        let r = store
+            .open_reader(id)
+            .await
+            .unwrap()
+            .expect("rbd pins readers");
+        store.delete(id).await.unwrap();
+        assert_eq!(
+            r.read(1 << 20, 8).await.unwrap(),
+            want[1 << 20..(1 << 20) + 8]
+        );
+        readers.push(r);
+    }
+    let trash = run_text("rbd", &["trash", "ls", &pool]);
+    assert_eq!(trash.matches(".imagefs-old-").count(), 3, "{trash}");
+    drop(readers);
+    store.shutdown(Duration::from_secs(10)).await;
+    let trash = run_text("rbd", &["trash", "ls", &pool]);
+    assert_eq!(trash.trim(), "", "left in the trash at unmount");
+}
+
 /// Whether the pool's trash holds `want` images within 10 s (a reader's
 /// watch ends on a blocking thread after the reader drops), running gc
 /// with --older-than 0 on `store` meanwhile if given.

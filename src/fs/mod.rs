@@ -155,6 +155,15 @@ impl ImageFs {
         }
     }
 
+    /// At unmount, after the last release: drops what handles kept open
+    /// and lets each store finish its background work (`limit` each).
+    pub async fn shutdown(&self, limit: Duration) {
+        self.readahead.lock().unwrap().clear();
+        for s in &self.stores {
+            s.shutdown(limit).await;
+        }
+    }
+
     pub fn options(&self) -> &FsOptions {
         &self.opts
     }

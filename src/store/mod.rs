@@ -256,6 +256,10 @@ pub trait Store: Send + Sync {
     /// Finds (and unless `dry_run`, removes) what uploads abandoned more than
     /// `older_than` ago left behind; never touches a live upload.
     async fn gc(&self, older_than: Duration, dry_run: bool) -> Result<Vec<Leftover>>;
+    /// At unmount, once every handle is released: finishes the background
+    /// work that should not wait for another process (within `limit`; the
+    /// daemon exits after).
+    async fn shutdown(&self, _limit: Duration) {}
 }
 
 /// setxattr's XATTR_CREATE / XATTR_REPLACE.

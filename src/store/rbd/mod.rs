@@ -691,6 +691,22 @@ impl Store for RbdStore {
         Ok(Box::new(up))
     }
 
+    /// Waits for the readers still ending and the upkeep they queued: a
+    /// version deleted while it was read goes now, not at the next purge.
+    async fn shutdown(&self, limit: Duration) {
+        self.readers.lock().unwrap().clear();
+        let Some(conn) = self.conn.lock().unwrap().clone() else {
+            return;
+        };
+        let idle = blocking(move || Ok(conn.upkeep.wait_idle(limit))).await;
+        if !matches!(idle, Ok(true)) {
+            tracing::warn!(
+                store = self.name,
+                "upkeep not done at unmount: `imagefs gc` finishes it"
+            );
+        }
+    }
+
     async fn delete(&self, id: &str) -> Result<()> {
         if is_hidden(id) {
             return Err(StoreError::NotFound(id.to_string()));

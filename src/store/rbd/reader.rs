@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::ffi::{HeaderWatch, Image};
+use super::upkeep::Busy;
 use super::{blocking, map_err, Conn, SNAP};
 use crate::store::{Reader as StoreReader, Result, StoreError};
 
@@ -33,6 +34,9 @@ struct VersionWatch {
     /// The open version, closed with the watch (both wait for the OSD) on
     /// a blocking thread.
     img: Option<Arc<Image>>,
+    /// Counted by the upkeep until the watch has ended (and the purge it
+    /// may need is queued): unmount waits for it.
+    busy: Option<Busy>,
     watch: Option<HeaderWatch>,
     conn: Arc<Conn>,
     name: String,
@@ -82,7 +86,7 @@ impl VersionWatch {
 
 impl Drop for VersionWatch {
     fn drop(&mut self) {
-        let (img, watch) = (self.img.take(), self.watch.take());
+        let (img, watch, busy) = (self.img.take(), self.watch.take(), self.busy.take());
         let (conn, name, rbd_id) = (
             self.conn.clone(),
             std::mem::take(&mut self.name),
@@ -95,6 +99,7 @@ impl Drop for VersionWatch {
             if conn.pool.image_id(&name).ok() != Some(rbd_id) {
                 conn.upkeep.purge(&conn);
             }
+            drop(busy); // after the purge is queued, which counts itself
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => drop(rt.spawn_blocking(end)),
@@ -123,6 +128,7 @@ impl Reader {
             size,
             watch: Arc::new(VersionWatch {
                 img: Some(img),
+                busy: Some(conn.upkeep.busy()),
                 watch,
                 conn: conn.clone(),
                 name: id.to_string(),
