@@ -809,6 +809,8 @@ for fd in (7, 8):
     got = b"".join(os.pread(fd, 1 << 20, off) for off in range(0, len(want) + 1, 1 << 20))
     assert got == want, f"descriptor {fd} reads {len(got)} other bytes after rm"
     assert os.fstat(fd).st_nlink == 0, f"descriptor {fd}: st_nlink {os.fstat(fd).st_nlink}"
+os.fchmod(8, 0o600)
+assert os.fstat(8).st_mode & 0o7777 == 0o600, f"fchmod after rm: mode {os.fstat(8).st_mode:o}"
 EOF
     exec 7<&- 8<&-
     ! backend exists a rwr1 || fail "rwr1 is back in the backend after close"

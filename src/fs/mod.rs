@@ -819,6 +819,16 @@ impl ImageFs {
             let mut guard = img.staging_after_commit().await;
             match guard.as_mut() {
                 Some(st) => st.set_attrs(&attrs).await?,
+                None if img.name().is_none() => {
+                    // Unlinked while open, with nothing kept to change (the
+                    // store keeps the version for the handles): as on a
+                    // local file no name leads to any more, the change
+                    // shows on the open handles and goes with them.
+                    drop(guard);
+                    if let Some((_, m)) = img.meta.lock().unwrap().as_mut() {
+                        m.apply(&attrs);
+                    }
+                }
                 None => {
                     drop(guard);
                     let name = Self::name_of(&img)?;

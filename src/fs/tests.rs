@@ -417,6 +417,33 @@ async fn a_name_unlinked_while_open_is_free_at_once() {
     }
 }
 
+/// A handle of an image deleted on another node reads on what the store
+/// keeps (here: nothing, so fstat only); chmod and utimes through it show
+/// in its attributes, with no link, as on an unlinked local file.
+#[tokio::test]
+async fn attributes_of_an_image_deleted_while_open_change_on_its_handles() {
+    let r = rig();
+    let (ino, fh) = create(&r.fs, A, "img").await;
+    r.fs.write(fh, 0, Bytes::from_static(b"data"))
+        .await
+        .unwrap();
+    close(&r.fs, fh).await.unwrap();
+    let fh = r.fs.open(ino, libc::O_RDONLY).await.unwrap().fh;
+    std::fs::remove_file(r.dirs[0].join("img")).unwrap();
+    assert_eq!(r.fs.getattr(ino).await.unwrap().nlink, 0);
+    let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    let req = SetAttrRequest {
+        mode: Some(0o600),
+        mtime: Some(when),
+        ..Default::default()
+    };
+    let a = r.fs.setattr(ino, Some(fh), req).await.unwrap();
+    assert_eq!((a.perm, a.mtime, a.nlink, a.size), (0o600, when, 0, 4));
+    assert_eq!(r.fs.getattr(ino).await.unwrap().perm, 0o600);
+    close(&r.fs, fh).await.unwrap();
+    assert!(on_disk(&r.dirs[0], "img").is_none());
+}
+
 #[tokio::test]
 async fn namespace_rules_and_errnos() {
     let r = rig();

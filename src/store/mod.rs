@@ -77,6 +77,18 @@ pub struct ObjectMeta {
     pub version: String,
 }
 
+impl ObjectMeta {
+    /// With `attrs` applied, as a change made now.
+    pub fn apply(&mut self, attrs: &SetAttrs) {
+        self.mode = attrs.mode.or(self.mode);
+        self.uid = attrs.uid.or(self.uid);
+        self.gid = attrs.gid.or(self.gid);
+        self.atime = attrs.atime.or(self.atime);
+        self.mtime = attrs.mtime.unwrap_or(self.mtime);
+        self.ctime = Some(SystemTime::now());
+    }
+}
+
 /// Attribute changes requested through chmod/chown/utimens.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SetAttrs {
