@@ -79,6 +79,14 @@ async fn create_opened(fs: &ImageFs, dir: u64, name: &str) -> (Attr, Opened) {
     .unwrap()
 }
 
+/// A committed image `name` in `dir` holding `data`; returns its inode.
+async fn put(fs: &ImageFs, dir: u64, name: &str, data: &'static [u8]) -> u64 {
+    let (ino, fh) = create(fs, dir, name).await;
+    fs.write(fh, 0, Bytes::from_static(data)).await.unwrap();
+    close(fs, fh).await.unwrap();
+    ino
+}
+
 async fn close(fs: &ImageFs, fh: u64) -> FsResult<()> {
     let r = fs.flush(fh, 0).await;
     fs.release(fh).await;
@@ -200,11 +208,7 @@ async fn random_writes_are_copy_on_write_and_rehashed() {
 #[tokio::test]
 async fn truncate_on_open_replaces_the_content() {
     let r = rig();
-    let (ino, fh) = create(&r.fs, A, "img").await;
-    r.fs.write(fh, 0, Bytes::from_static(b"long old content"))
-        .await
-        .unwrap();
-    close(&r.fs, fh).await.unwrap();
+    let ino = put(&r.fs, A, "img", b"long old content").await;
     let fh =
         r.fs.open(ino, libc::O_WRONLY | libc::O_TRUNC)
             .await
@@ -423,11 +427,7 @@ async fn a_name_unlinked_while_open_is_free_at_once() {
 #[tokio::test]
 async fn attributes_of_an_image_deleted_while_open_change_on_its_handles() {
     let r = rig();
-    let (ino, fh) = create(&r.fs, A, "img").await;
-    r.fs.write(fh, 0, Bytes::from_static(b"data"))
-        .await
-        .unwrap();
-    close(&r.fs, fh).await.unwrap();
+    let ino = put(&r.fs, A, "img", b"data").await;
     let fh = r.fs.open(ino, libc::O_RDONLY).await.unwrap().fh;
     std::fs::remove_file(r.dirs[0].join("img")).unwrap();
     assert_eq!(r.fs.getattr(ino).await.unwrap().nlink, 0);
@@ -627,11 +627,7 @@ async fn write_only_handles_bypass_the_page_cache_when_it_stays_coherent() {
 async fn a_handle_released_while_its_image_is_unlinked_leaves_nothing() {
     let r = rig();
     for replace in [false, true] {
-        let (ino, fh) = create(&r.fs, A, "img").await;
-        r.fs.write(fh, 0, Bytes::from_static(b"data"))
-            .await
-            .unwrap();
-        close(&r.fs, fh).await.unwrap();
+        let ino = put(&r.fs, A, "img", b"data").await;
         let (_, w) = create(&r.fs, A, "other").await;
         close(&r.fs, w).await.unwrap();
         let rd = r.fs.open(ino, libc::O_RDONLY).await.unwrap().fh;
