@@ -669,12 +669,7 @@ impl ImageFs {
                 if !handles.contains_key(&fh) {
                     continue;
                 }
-                let mut readahead = self.readahead.lock().unwrap();
-                let entry = readahead.entry(fh).or_insert_with(|| {
-                    let ra = ReadAhead::new(store.clone(), name.clone());
-                    (img.ino, Arc::new(ra))
-                });
-                entry.1.clone()
+                self.readahead_of(fh, img, name.clone())
             };
             if let Err(e) = ra.pin().await {
                 tracing::debug!(ino = img.ino, "a handle cannot keep its version open: {e}");
@@ -1125,15 +1120,18 @@ impl ImageFs {
         if store.capabilities().local_files {
             return Ok(store.read(&name, offset, size).await?);
         }
-        let ra = self
-            .readahead
-            .lock()
-            .unwrap()
+        Ok(self.readahead_of(fh, &img, name).read(offset, size).await?)
+    }
+
+    /// The read-ahead of handle `fh` of `img`, made to read `name` if the
+    /// handle has none yet.
+    fn readahead_of(&self, fh: u64, img: &ImageNode, name: String) -> Arc<ReadAhead> {
+        let store = &self.stores[img.store];
+        let mut readahead = self.readahead.lock().unwrap();
+        let entry = readahead
             .entry(fh)
-            .or_insert_with(|| (img.ino, Arc::new(ReadAhead::new(store.clone(), name))))
-            .1
-            .clone();
-        Ok(ra.read(offset, size).await?)
+            .or_insert_with(|| (img.ino, Arc::new(ReadAhead::new(store.clone(), name))));
+        entry.1.clone()
     }
 
     /// Forgets what handles of `ino` read ahead, and the version they had
