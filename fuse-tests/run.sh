@@ -1165,7 +1165,8 @@ t_pjdfstest() {
     command -v pjdfstest-flat >/dev/null || fail "pjdfstest-flat not installed (scripts/install-deps.sh)"
     # the full list of test names: run the suite once on a local scratch dir
     mkdir -p "$WORK/pjd-local"
-    pjdfstest -c "$conf" -p "$WORK/pjd-local" >"$WORK/pjd-local.out" 2>&1 || true
+    # (without PJDFSTEST_FLAT, pjdfstest-flat runs as the unpatched pjdfstest)
+    pjdfstest-flat -c "$conf" -p "$WORK/pjd-local" >"$WORK/pjd-local.out" 2>&1 || true
     sed 's/\x1b\[[0-9;]*m//g' "$WORK/pjd-local.out" | awk '$1 ~ /::/ { print $1 }' | sort -u >"$all"
     [ -s "$all" ] || { tail "$WORK/pjd-local.out" >&2; fail "could not list pjdfstest's tests"; }
     grep -v '^[[:space:]]*\(#\|$\)' "$HERE/pjdfstest-exclude.txt" | cut -f1 | sed 's/[[:space:]]*$//' >"$WORK/pjd-excl.re"
@@ -1546,7 +1547,7 @@ declare -F "backend_${STORE_TYPE}_setup" >/dev/null ||
 if [ -z "$BINARY" ]; then BINARY="${CARGO_TARGET_DIR:-$REPO/target}/release/imagefs"; fi
 [ -x "$BINARY" ] || { echo "imagefs binary not found: $BINARY (cargo build --release, or --binary)" >&2; exit 2; }
 BINARY="$(cd "$(dirname "$BINARY")" && pwd)/$(basename "$BINARY")"
-for tool in fusermount3 rsync qemu-img qemu-io getfattr python3 fsx pjdfstest pjdfstest-flat; do
+for tool in fusermount3 rsync qemu-img qemu-io getfattr python3 fsx pjdfstest-flat; do
     command -v "$tool" >/dev/null || { echo "missing tool $tool: run scripts/install-deps.sh" >&2; exit 2; }
 done
 

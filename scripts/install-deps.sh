@@ -22,6 +22,42 @@ for a in "$@"; do
     esac
 done
 
+# Cargo tools, pinned. crate:binary:version[:features]
+#   s3s-fs: the second S3 server of the S3 store's tests (scripts/s3s.sh);
+#   0.14.1 is the last release that builds with rustc 1.9x.
+# They need nothing from apt, so they build (4-5 minutes on 2 cores) while
+# apt-get runs; their output is shown once they are done.
+install_cargo_tools() {
+    cargo_tools=(
+        "fsx:fsx:0.3.2"
+        "s3s-fs:s3s-fs:0.14.1:binary"
+    )
+    for t in "${cargo_tools[@]}"; do
+        IFS=: read -r crate bin ver features <<<"$t"
+        if [ -x "$tools/bin/$bin" ]; then
+            echo "install-deps: $bin present ($tools/bin/$bin)"
+            continue
+        fi
+        echo "install-deps: cargo install $crate@$ver into $tools"
+        cargo install --locked --root "$tools" --version "$ver" ${features:+--features "$features"} "$crate"
+    done
+}
+cargo_pid=""
+tmp=""
+cleanup() { # on every exit: a build still running (apt-get failed) is stopped
+    if [ -n "$cargo_pid" ]; then
+        kill $(ps -o pid= --ppid "$cargo_pid" 2>/dev/null) "$cargo_pid" 2>/dev/null || true
+        rm -f "$cargo_log"
+    fi
+    if [ -n "$tmp" ]; then rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+if [ "$with_cargo" = 1 ]; then
+    cargo_log=$(mktemp)
+    install_cargo_tools >"$cargo_log" 2>&1 &
+    cargo_pid=$!
+fi
+
 # Debian packages:
 #   fuse3, libfuse3-dev, pkg-config : mounting (fusermount3) and building fuser
 #   libssl-dev : the openssl crate (checksums through libcrypto)
@@ -78,23 +114,14 @@ fi
 
 [ "$with_cargo" = 1 ] || exit 0
 
-# Cargo tools, pinned. crate:binary:version[:features]
-#   s3s-fs: the second S3 server of the S3 store's tests (scripts/s3s.sh);
-#   0.14.1 is the last release that builds with rustc 1.9x.
-cargo_tools=(
-    "fsx:fsx:0.3.2"
-    "pjdfstest:pjdfstest:0.2.2"
-    "s3s-fs:s3s-fs:0.14.1:binary"
-)
-for t in "${cargo_tools[@]}"; do
-    IFS=: read -r crate bin ver features <<<"$t"
-    if [ -x "$tools/bin/$bin" ]; then
-        echo "install-deps: $bin present ($tools/bin/$bin)"
-        continue
-    fi
-    echo "install-deps: cargo install $crate@$ver into $tools"
-    cargo install --locked --root "$tools" --version "$ver" ${features:+--features "$features"} "$crate"
-done
+cargo_done() {
+    local rc=0
+    wait "$cargo_pid" || rc=$?
+    cargo_pid=""
+    cat "$cargo_log"
+    rm -f "$cargo_log"
+    [ "$rc" = 0 ] || { echo "install-deps: installing the cargo tools failed (exit $rc)" >&2; exit 1; }
+}
 
 # pjdfstest-flat: the same pjdfstest, patched (fuse-tests/pjdfstest-flat.patch)
 # so that with PJDFSTEST_FLAT=1 it runs every test case directly in the -p
@@ -103,19 +130,26 @@ done
 if [ -x "$tools/bin/pjdfstest-flat" ]; then
     echo "install-deps: pjdfstest-flat present ($tools/bin/pjdfstest-flat)"
 else
-    find_src() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/pjdfstest-0.2.2 2>/dev/null | head -1; }
+    find_src() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/pjdfstest-0.2.2 2>/dev/null | head -1 || true; }
     src=$(find_src)
     if [ -z "$src" ]; then
-        # the registry cache was cleaned: installing again extracts the source
-        cargo install --locked --force --root "$tools" --version 0.2.2 pjdfstest
+        # Download and unpack the crate without building it: `cargo fetch` of
+        # a throw-away package that depends on it.
+        fetch=$(mktemp -d)
+        mkdir "$fetch/src" && echo 'fn main() {}' >"$fetch/src/main.rs"
+        printf '[package]\nname = "fetch-pjdfstest"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\npjdfstest = "=0.2.2"\n' \
+            >"$fetch/Cargo.toml"
+        (cd "$fetch" && cargo fetch --quiet)
+        rm -rf "$fetch"
         src=$(find_src)
     fi
     [ -n "$src" ] || { echo "install-deps: cannot find the pjdfstest-0.2.2 source" >&2; exit 1; }
     tmp=$(mktemp -d)
-    trap 'rm -rf "$tmp"' EXIT
     cp -r "$src" "$tmp/pjdfstest"
     (cd "$tmp/pjdfstest" && patch -s -p1 <"$repo/fuse-tests/pjdfstest-flat.patch")
     echo "install-deps: cargo install pjdfstest-flat (patched pjdfstest 0.2.2) into $tools/pjdfstest-flat"
     cargo install --locked --path "$tmp/pjdfstest" --root "$tools/pjdfstest-flat"
+    mkdir -p "$tools/bin"
     ln -sf ../pjdfstest-flat/bin/pjdfstest "$tools/bin/pjdfstest-flat"
 fi
+cargo_done
