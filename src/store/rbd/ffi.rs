@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ceph::rados::{
     rados_cluster_fsid, rados_cluster_stat, rados_conf_get, rados_conf_read_file, rados_conf_set,
     rados_connect, rados_create2, rados_get_instance_id, rados_ioctx_create, rados_ioctx_destroy,
@@ -854,7 +854,7 @@ pub struct Parent {
 struct AioOp {
     tx: oneshot::Sender<AioDone>,
     /// The buffer a read fills, handed back at completion.
-    read_buf: Option<BytesMut>,
+    read_buf: Option<ReadBuf>,
     /// The data a write sends, and what its caller keeps with it (a
     /// hold on the write budget): released when librbd is done.
     _write_buf: Vec<Bytes>,
@@ -887,7 +887,7 @@ impl Drop for Completion {
 /// What a finished aio op hands back: its return value, the read buffer,
 /// the completion, and the image it kept open (dropped in that order: the
 /// completion before the image).
-type AioDone = (isize, Option<BytesMut>, Completion, Option<Arc<Image>>);
+type AioDone = (isize, Option<ReadBuf>, Completion, Option<Arc<Image>>);
 
 extern "C" fn aio_done(c: RbdCompletionT, arg: *mut c_void) {
     // SAFETY: `arg` is the Box<AioOp> leaked when the op was submitted;
@@ -909,7 +909,7 @@ type AioRx = oneshot::Receiver<AioDone>;
 fn aio(
     op: &'static str,
     image: &Arc<Image>,
-    read_buf: Option<BytesMut>,
+    read_buf: Option<ReadBuf>,
     write_buf: Vec<Bytes>,
     keep: Option<Box<dyn std::any::Any + Send>>,
     submit: impl FnOnce(RbdImageT, RbdCompletionT) -> c_int,
@@ -940,7 +940,7 @@ fn aio(
     Ok(rx)
 }
 
-async fn aio_wait(op: &'static str, rx: AioRx) -> RbdResult<(usize, Option<BytesMut>)> {
+async fn aio_wait(op: &'static str, rx: AioRx) -> RbdResult<(usize, Option<ReadBuf>)> {
     let (ret, buf, completion, image) = rx.await.map_err(|_| RbdError {
         op,
         errno: libc::EIO,
@@ -954,6 +954,124 @@ async fn aio_wait(op: &'static str, rx: AioRx) -> RbdResult<(usize, Option<Bytes
         })
     } else {
         Ok((ret as usize, buf))
+    }
+}
+
+/// Reads of a huge page or more get memory of whole 2 MiB pages.
+const HUGE_PAGE: usize = 2 << 20;
+/// Read buffers kept for reuse: one handle's read-ahead window and a few
+/// more (at most this many times the read-ahead chunk stay allocated).
+const POOL: usize = 12;
+
+/// The memory a read fills. From 2 MiB up it is mapped 2 MiB aligned and
+/// advised to be backed by transparent huge pages, and returned to a small
+/// pool when the last `Bytes` of it is dropped: faulting it in, and pinning
+/// it when the FUSE reply is copied out of it, then go 2 MiB at a time
+/// instead of 4 KiB, and a reused buffer is not zeroed again.
+pub struct ReadBuf {
+    ptr: *mut u8,
+    /// Bytes filled (visible).
+    len: usize,
+    cap: usize,
+    /// The mapping (`None`: a heap block of `cap` bytes).
+    map: Option<(*mut c_void, usize)>,
+}
+
+// SAFETY: a ReadBuf owns its memory; it is filled by one op and then only
+// read.
+unsafe impl Send for ReadBuf {}
+unsafe impl Sync for ReadBuf {}
+
+static READ_POOL: std::sync::Mutex<Vec<ReadBuf>> = std::sync::Mutex::new(Vec::new());
+
+impl ReadBuf {
+    /// A buffer of at least `cap` bytes, not zeroed.
+    fn take(cap: usize) -> ReadBuf {
+        if cap >= HUGE_PAGE {
+            let mut pool = READ_POOL.lock().unwrap();
+            if let Some(i) = pool.iter().position(|b| b.cap >= cap) {
+                return pool.swap_remove(i);
+            }
+            drop(pool);
+            if let Some(b) = ReadBuf::mapped(cap) {
+                return b;
+            }
+        }
+        let layout = std::alloc::Layout::array::<u8>(cap.max(1)).expect("read size");
+        // SAFETY: a non-zero size; freed with the same layout on drop.
+        let ptr = unsafe { std::alloc::alloc(layout) };
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        ReadBuf {
+            ptr,
+            len: 0,
+            cap: cap.max(1),
+            map: None,
+        }
+    }
+
+    fn mapped(cap: usize) -> Option<ReadBuf> {
+        let cap = cap.div_ceil(HUGE_PAGE) * HUGE_PAGE;
+        let map_len = cap + HUGE_PAGE;
+        // SAFETY: a new private anonymous mapping, unmapped on drop.
+        let map = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if map == libc::MAP_FAILED {
+            return None;
+        }
+        let ptr = ((map as usize).div_ceil(HUGE_PAGE) * HUGE_PAGE) as *mut u8;
+        // SAFETY: inside the mapping. Only advice: without THP it is
+        // ordinary memory.
+        unsafe { libc::madvise(ptr as *mut c_void, cap, libc::MADV_HUGEPAGE) };
+        Some(ReadBuf {
+            ptr,
+            len: 0,
+            cap,
+            map: Some((map, map_len)),
+        })
+    }
+}
+
+impl AsRef<[u8]> for ReadBuf {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes were written by the read.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for ReadBuf {
+    fn drop(&mut self) {
+        match self.map {
+            Some((map, map_len)) => {
+                let mut pool = READ_POOL.lock().unwrap();
+                if pool.len() < POOL {
+                    pool.push(ReadBuf {
+                        ptr: self.ptr,
+                        len: 0,
+                        cap: self.cap,
+                        map: self.map.take(),
+                    });
+                    return;
+                }
+                drop(pool);
+                // SAFETY: our mapping, unmapped once.
+                unsafe { libc::munmap(map, map_len) };
+            }
+            None => {
+                let layout = std::alloc::Layout::array::<u8>(self.cap).expect("read size");
+                // SAFETY: allocated in `take` with this layout.
+                unsafe { std::alloc::dealloc(self.ptr, layout) };
+            }
+        }
     }
 }
 
@@ -1303,12 +1421,11 @@ impl Image {
     pub async fn read(self: &Arc<Self>, off: u64, len: usize) -> RbdResult<Bytes> {
         let rx = {
             // Not zeroed: librbd fills the first n bytes (its return value)
-            // and only those become visible. Zeroing cost a memset of every
-            // byte read.
-            let mut buf = BytesMut::with_capacity(len);
-            let ptr = buf.as_mut_ptr() as *mut c_char;
-            // The buffer moves into the op (its heap block stays where it
-            // is) and comes back once librbd is done filling it.
+            // and only those become visible.
+            let buf = ReadBuf::take(len);
+            let ptr = buf.ptr as *mut c_char;
+            // The buffer moves into the op (its memory stays where it is)
+            // and comes back once librbd is done filling it.
             aio(
                 "rbd_aio_read",
                 self,
@@ -1325,9 +1442,8 @@ impl Image {
         };
         let (n, buf) = aio_wait("rbd_aio_read", rx).await?;
         let mut buf = buf.expect("a read hands its buffer back");
-        // SAFETY: librbd wrote the first `n` bytes (n <= len = capacity).
-        unsafe { buf.set_len(n.min(len)) };
-        Ok(buf.freeze())
+        buf.len = n.min(len);
+        Ok(Bytes::from_owner(buf))
     }
 
     /// Writes `data` at `off`; the returned future ends when it is done.
@@ -1411,5 +1527,30 @@ pub struct AioWait {
 impl AioWait {
     pub async fn wait(self) -> RbdResult<usize> {
         Ok(aio_wait(self.op, self.rx).await?.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_buffers_of_huge_pages_are_aligned_and_reused_and_show_what_was_filled() {
+        let mut big = ReadBuf::take(3 << 20);
+        assert_eq!(big.ptr as usize % HUGE_PAGE, 0);
+        assert_eq!(big.cap, 4 << 20, "rounded up to whole huge pages");
+        // SAFETY: within the buffer's capacity.
+        unsafe { ptr::write_bytes(big.ptr, 7, 5) };
+        big.len = 5;
+        let addr = big.ptr as usize;
+        let bytes = Bytes::from_owner(big);
+        assert_eq!(&bytes[..], &[7; 5]);
+        drop(bytes);
+        // Back in the pool: the next read of that size gets it again.
+        let again = ReadBuf::take(4 << 20);
+        assert_eq!(again.ptr as usize, addr);
+        assert_eq!(again.len, 0);
+        let small = ReadBuf::take(4096);
+        assert!(small.map.is_none() && small.cap == 4096);
     }
 }
