@@ -973,8 +973,9 @@ pub struct ReadBuf {
     /// Bytes filled (visible).
     len: usize,
     cap: usize,
-    /// The mapping (`None`: a heap block of `cap` bytes).
+    /// The mapping (`None`: the memory is `_heap`'s).
     map: Option<(*mut c_void, usize)>,
+    _heap: Vec<u8>,
 }
 
 // SAFETY: a ReadBuf owns its memory; it is filled by one op and then only
@@ -997,17 +998,13 @@ impl ReadBuf {
                 return b;
             }
         }
-        let layout = std::alloc::Layout::array::<u8>(cap.max(1)).expect("read size");
-        // SAFETY: a non-zero size; freed with the same layout on drop.
-        let ptr = unsafe { std::alloc::alloc(layout) };
-        if ptr.is_null() {
-            std::alloc::handle_alloc_error(layout);
-        }
+        let mut heap = Vec::with_capacity(cap);
         ReadBuf {
-            ptr,
+            ptr: heap.as_mut_ptr(),
             len: 0,
-            cap: cap.max(1),
+            cap,
             map: None,
+            _heap: heap,
         }
     }
 
@@ -1037,6 +1034,7 @@ impl ReadBuf {
             len: 0,
             cap,
             map: Some((map, map_len)),
+            _heap: Vec::new(),
         })
     }
 }
@@ -1050,28 +1048,24 @@ impl AsRef<[u8]> for ReadBuf {
 
 impl Drop for ReadBuf {
     fn drop(&mut self) {
-        match self.map {
-            Some((map, map_len)) => {
-                let mut pool = READ_POOL.lock().unwrap();
-                if pool.len() < POOL {
-                    pool.push(ReadBuf {
-                        ptr: self.ptr,
-                        len: 0,
-                        cap: self.cap,
-                        map: self.map.take(),
-                    });
-                    return;
-                }
-                drop(pool);
-                // SAFETY: our mapping, unmapped once.
-                unsafe { libc::munmap(map, map_len) };
-            }
-            None => {
-                let layout = std::alloc::Layout::array::<u8>(self.cap).expect("read size");
-                // SAFETY: allocated in `take` with this layout.
-                unsafe { std::alloc::dealloc(self.ptr, layout) };
-            }
+        // (heap memory goes with `_heap`)
+        let Some((map, map_len)) = self.map else {
+            return;
+        };
+        let mut pool = READ_POOL.lock().unwrap();
+        if pool.len() < POOL {
+            pool.push(ReadBuf {
+                ptr: self.ptr,
+                len: 0,
+                cap: self.cap,
+                map: self.map.take(),
+                _heap: Vec::new(),
+            });
+            return;
         }
+        drop(pool);
+        // SAFETY: our mapping, unmapped once.
+        unsafe { libc::munmap(map, map_len) };
     }
 }
 
