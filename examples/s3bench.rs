@@ -68,6 +68,7 @@ fn client(bucket: &str) -> Res<Client> {
         thread_pools: THREAD_POOLS as usize,
         cacert: None,
         staging_dir: std::env::temp_dir(),
+        op_timeout: std::time::Duration::ZERO,
     };
     let store = S3Store::open("s3bench", &cfg).map_err(|e| e.to_string())?;
     Ok(store.client().clone())

@@ -63,6 +63,7 @@ ALL_TESTS=(
     sigterm
     check_cmd
     rbd_clone_cp
+    backend_outage
     kill9_gc
 )
 
@@ -79,6 +80,8 @@ ALL_TESTS=(
 #   backend_T_teardown              remove what setup made
 #   backend_T_reclaim               (optional) free the space of deleted objects now
 #   backend_T_trash NAME            (optional) list what deleted images wait for
+#   backend_T_server_pids           (optional) PIDs of the server daemons that hold
+#                                   the data (frozen with SIGSTOP to make an outage)
 # Tests only talk to the backend through `backend OP ARGS...`.
 # ---------------------------------------------------------------------------
 backend() { local op=$1; shift; "backend_${STORE_TYPE}_$op" "$@"; }
@@ -151,6 +154,7 @@ backend_rbd_location() {
 backend_rbd_mode() {
     rbd_ image-meta get "$(backend_rbd_pool "$1")/$2" imagefs.mode 2>/dev/null || echo 644
 }
+backend_rbd_server_pids() { cat "$(dirname "$CEPH_CONF_FILE")"/run/osd.*.pid; }
 backend_rbd_teardown() {
     local s p
     for s in "${STORES[@]}"; do
@@ -241,6 +245,13 @@ backend_s3_reclaim() { # the local RGW keeps deleted objects' data for 2 h: recl
     [ "$S3_ENV_FILE" = "$(dirname "$CEPH_CONF_FILE")/rgw.env" ] || return 0
     timeout 600 radosgw-admin -c "$CEPH_CONF_FILE" gc process --include-all >/dev/null 2>&1 ||
         note "radosgw-admin gc process failed (space is reclaimed later)"
+}
+backend_s3_server_pids() {
+    case "$S3_ENV_FILE" in
+        */ceph/rgw.env) cat "$(dirname "$S3_ENV_FILE")"/run/client.rgw.*.pid ;;
+        */s3s/s3s.env) cat "$(dirname "$S3_ENV_FILE")/s3s.pid" ;;
+        *) return 1 ;;
+    esac
 }
 backend_s3_teardown() {
     local s
@@ -1431,6 +1442,109 @@ t_rbd_clone_cp() {
     rm "$SA/$cp_id" || fail "rm of the copy"
     rm "$SA/$id" || fail "rm of the source once its clone is gone"
     ! backend exists a "$id" || fail "the source is still in the backend"
+}
+
+t_backend_outage() {
+    # A server that stops answering (its daemons frozen with SIGSTOP: the
+    # hard case, connections open and silent) makes operations fail with
+    # EIO within the store's op_timeout_s (each request may be retried, and
+    # the kernel retries a failed read-ahead once), never a hang; the
+    # daemon lives on, and once the server is back the mount works again
+    # without a remount. A write that failed leaves nothing torn: its image
+    # is absent, or whole if the server finished it late.
+    # The OSD is frozen for 2 x 3 s only: a PG of a single OSD stopped
+    # longer than its read lease (16 s) can stay "laggy" after it resumes,
+    # its reads blocked until the OSD is marked down (a Ceph matter, seen
+    # here after 100 s).
+    declare -F "backend_${STORE_TYPE}_server_pids" >/dev/null || { note "no server to stop ($STORE_TYPE)"; return 0; }
+    local cfg6="$WORK/outage.toml" src id new out p rc=0 t=5
+    [ "$STORE_TYPE" != rbd ] || t=3
+    # (globals: the EXIT trap below runs after this function has returned)
+    m6="$STATE/mnt-outage" dog=""
+    pids=$(backend server_pids | tr '\n' ' ')
+    [ -n "${pids// /}" ] || fail "no server PIDs found for $STORE_TYPE"
+    for p in $pids; do kill -0 "$p" || fail "server PID $p is not running"; done
+    { printf '[mount]\nattr_ttl_ms = 1000\n\n'; backend config_section a; printf 'op_timeout_s = %s\n' $t; } >"$cfg6"
+    src=$(data outage_src 64M)
+    id=$(newid); new=$(newid)
+    cp "$src" "$SA/$id"
+    mkdir -p "$m6"
+    local PIDFILE="$STATE/imagefs-outage.pid" CFG="$cfg6"
+    do_mount "$m6" || fail "mount with op_timeout_s = $t failed"
+    local dpid; dpid=$(daemon_pid)
+    # Whatever happens, the servers run again: at this test's exit, and
+    # after 60 s even if this shell is killed (an OSD stopped for 150 s
+    # kills itself when it resumes).
+    thaw() { kill -CONT $pids 2>/dev/null || true; }
+    trap 'thaw; [ -z "$dog" ] || kill "$dog" 2>/dev/null; do_umount "$m6" >/dev/null 2>&1 || true' EXIT
+    (sleep 60; kill -CONT $pids 2>/dev/null) >/dev/null 2>&1 &
+    dog=$!
+    out=$(python3 - "$m6/a/$id" "$m6/a/$new" "$pids" <<'EOF2'
+import errno, os, signal, sys, time
+path, new, pids = sys.argv[1], sys.argv[2], [int(p) for p in sys.argv[3].split()]
+f = os.open(path, os.O_RDONLY)
+os.pread(f, 1 << 20, 0)
+for p in pids:
+    os.kill(p, signal.SIGSTOP)
+def timed(what, fn):
+    t = time.monotonic()
+    try:
+        fn()
+        e = "OK"
+    except OSError as x:
+        e = errno.errorcode.get(x.errno, str(x.errno))
+    print(f"{what} {e} {time.monotonic() - t:.1f}", flush=True)
+def write():
+    with open(new, "wb") as w:
+        w.write(os.urandom(1 << 20))
+# at once, so the test waits for the longer one only
+import threading
+ts = [threading.Thread(target=timed, args=("read", lambda: os.pread(f, 1 << 20, 48 << 20))),
+      threading.Thread(target=timed, args=("write", write))]
+try:
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+finally:
+    for p in pids:
+        os.kill(p, signal.SIGCONT)
+EOF2
+) || { thaw; fail "the outage script failed: $out"; }
+    note "$(echo "$out" | tr '\n' ';')"
+    local what e secs
+    while read -r what e secs; do
+        [ "$e" = EIO ] || { rc=1; echo "FAIL: $what while the server is stopped: expected EIO, got $e after $secs s" >&2; }
+        # S3 makes 3 attempts per request, and the kernel asks twice for a
+        # read whose read-ahead failed: 6 x 5 s and the SDK's backoff.
+        [ "${secs%.*}" -lt 50 ] || { rc=1; echo "FAIL: $what took $secs s to fail (op_timeout_s = $t)" >&2; }
+    done <<<"$out"
+    kill -0 "$dpid" 2>/dev/null || { report_dead_daemon; fail "the daemon died during the outage"; }
+    # back: new opens read the whole image, byte-exact (the servers may take
+    # a few seconds to reconnect)
+    local i ok=0
+    for i in $(seq 30); do
+        if cmp -s "$src" "$m6/a/$id"; then ok=1; break; fi
+        sleep 2
+    done
+    [ $ok = 1 ] || { rc=1; echo "FAIL: the image does not read back byte-exact 60 s after the server came back" >&2; }
+    [ $ok = 1 ] && [ "$i" -gt 1 ] && note "reads worked again after $(( (i - 1) * 2 )) s"
+    ls "$m6/a" >/dev/null || { rc=1; echo "FAIL: ls of the store after the outage" >&2; }
+    head -c 3M "$src" >"$WORK/outage.after"
+    cp "$WORK/outage.after" "$m6/a/$new.after" || { rc=1; echo "FAIL: a write after the outage failed" >&2; }
+    assert_backend_same "$WORK/outage.after" a "$new.after"
+    if [ -e "$m6/a/$new" ]; then
+        # the server finished the write after the client gave up on it
+        [ "$(stat -c %s "$m6/a/$new")" = $((1 << 20)) ] || { rc=1; echo "FAIL: the failed write left a torn image ($(stat -c %s "$m6/a/$new") bytes)" >&2; }
+        note "the failed write was completed by the server after it came back"
+    fi
+    if [ "$STORE_TYPE" = s3 ]; then
+        # shellcheck disable=SC1090
+        ( . "$S3_ENV_FILE"; ! grep -qF -- "$S3_SECRET_KEY" "$STATE/daemon-$(basename "$m6").log" ) ||
+            { rc=1; echo "FAIL: the secret key is in the daemon's log" >&2; }
+    fi
+    kill -0 "$dpid" 2>/dev/null || { report_dead_daemon; fail "the daemon died after the outage"; }
+    return $rc
 }
 
 t_kill9_gc() {

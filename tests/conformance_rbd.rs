@@ -88,6 +88,7 @@ fn store_on(pool: &str) -> Arc<dyn Store> {
         ceph_conf: ceph_conf(),
         chunk_size_mb: 8,
         connect_timeout: Duration::from_secs(30),
+        op_timeout: Duration::ZERO,
         thin_provisioning: false,
     };
     Arc::new(RbdStore::open("fast", &cfg).unwrap())
@@ -129,6 +130,7 @@ async fn concurrent_uploads_within_the_write_budget() {
         ceph_conf: ceph_conf(),
         chunk_size_mb: 8,
         connect_timeout: Duration::from_secs(30),
+        op_timeout: Duration::ZERO,
         thin_provisioning: false,
     };
     let store = RbdStore::open("fast", &cfg)
@@ -378,6 +380,7 @@ async fn outage_fails_within_the_timeout() {
         ceph_conf: conf,
         chunk_size_mb: 8,
         connect_timeout: Duration::from_secs(3),
+        op_timeout: Duration::ZERO,
         thin_provisioning: false,
     };
     let store = RbdStore::open("down", &cfg).unwrap();

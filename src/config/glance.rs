@@ -649,6 +649,7 @@ impl<'a> Glance<'a> {
                 -1,
                 i64::MIN,
             )?),
+            op_timeout: Duration::ZERO,
             thin_provisioning: opts.bool(&["rbd_thin_provisioning"], false)?,
         })
     }
@@ -688,6 +689,7 @@ impl<'a> Glance<'a> {
                 as usize,
             cacert: opts.path(&["s3_store_cacert"])?,
             staging_dir: PathBuf::from(super::DEFAULT_STAGING_DIR),
+            op_timeout: Duration::ZERO,
         })
     }
 
@@ -1325,6 +1327,7 @@ filesystem_store_datadir = /var/lib/glance/staging/
                 ceph_conf: PathBuf::from("/etc/ceph/ceph.conf"),
                 chunk_size_mb: 4, // from [backend_defaults]
                 connect_timeout: Duration::from_secs(30),
+                op_timeout: Duration::ZERO,
                 thin_provisioning: true,
             })
         );

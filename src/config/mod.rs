@@ -169,6 +169,9 @@ pub struct RbdStoreConfig {
     pub chunk_size_mb: u64,
     /// `rados_connect_timeout` (default 0 = library default).
     pub connect_timeout: Duration,
+    /// `op_timeout_s` (imagefs only): how long one OSD operation may wait
+    /// before it fails (0 = 4x the connect timeout, at least 120 s).
+    pub op_timeout: Duration,
     /// `rbd_thin_provisioning` (default false).
     pub thin_provisioning: bool,
 }
@@ -203,6 +206,9 @@ pub struct S3StoreConfig {
     /// (`staging_dir`, default /var/tmp): unnamed sparse files, up to the
     /// size of each image being modified.
     pub staging_dir: PathBuf,
+    /// `op_timeout_s` (imagefs only): how long one attempt of a request may
+    /// wait for the server's next byte (0 = 30 s).
+    pub op_timeout: Duration,
 }
 
 /// Default `staging_dir` of object stores: on disk, not a tmpfs.

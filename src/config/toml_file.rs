@@ -124,6 +124,7 @@ raw_store! {
     ceph_conf: PathBuf,
     chunk_size_mb: u64,
     connect_timeout_s: u64,
+    op_timeout_s: u64,
     // s3
     host: String,
     access_key: Secret,
@@ -182,6 +183,7 @@ const RBD_KEYS: &[&str] = &[
     "ceph_conf",
     "chunk_size_mb",
     "connect_timeout_s",
+    "op_timeout_s",
     "thin_provisioning",
 ];
 const S3_KEYS: &[&str] = &[
@@ -197,6 +199,7 @@ const S3_KEYS: &[&str] = &[
     "thread_pools",
     "cacert",
     "staging_dir",
+    "op_timeout_s",
 ];
 const SWIFT_KEYS: &[&str] = &[
     "auth_address",
@@ -697,6 +700,7 @@ impl StoreCtx<'_> {
             connect_timeout: Duration::from_secs(
                 raw.connect_timeout_s.map_or(0, Spanned::into_inner),
             ),
+            op_timeout: Duration::from_secs(raw.op_timeout_s.map_or(0, Spanned::into_inner)),
             thin_provisioning: opt_bool(raw.thin_provisioning, false),
         })
     }
@@ -738,6 +742,7 @@ impl StoreCtx<'_> {
             staging_dir: self
                 .opt_path(raw.staging_dir, "staging_dir")?
                 .unwrap_or_else(|| PathBuf::from(super::DEFAULT_STAGING_DIR)),
+            op_timeout: Duration::from_secs(raw.op_timeout_s.map_or(0, Spanned::into_inner)),
         })
     }
 
@@ -1115,6 +1120,7 @@ user = "glance"
 ceph_conf = "/etc/ceph/ceph.conf"
 chunk_size_mb = 4
 connect_timeout_s = 10
+op_timeout_s = 90
 thin_provisioning = true
 
 [stores.cheap]
@@ -1199,6 +1205,7 @@ proxy = "10.0.0.1:3128"
                 ceph_conf: PathBuf::from("/etc/ceph/ceph.conf"),
                 chunk_size_mb: 4,
                 connect_timeout: Duration::from_secs(10),
+                op_timeout: Duration::from_secs(90),
                 thin_provisioning: true,
             }
         );

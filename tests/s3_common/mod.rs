@@ -82,6 +82,7 @@ pub fn config(server: &Server, bucket: &str) -> S3StoreConfig {
         thread_pools: 4,
         cacert: None,
         staging_dir: std::env::temp_dir(),
+        op_timeout: std::time::Duration::ZERO,
     }
 }
 

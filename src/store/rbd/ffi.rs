@@ -316,9 +316,6 @@ fn grow<T: Copy>(
 
 // ---- cluster ---------------------------------------------------------------
 
-/// Shortest bound on one OSD operation (see `Cluster::connect`).
-const OSD_OP_TIMEOUT_MIN: Duration = Duration::from_secs(120);
-
 /// A connection to a Ceph cluster (librados client).
 pub struct Cluster {
     rados: rados_t,
@@ -337,9 +334,15 @@ impl Drop for Cluster {
 
 impl Cluster {
     /// Connects as `client.<user>` (None: admin) with the settings of
-    /// `conf`. `timeout` (non-zero) bounds the connection and every
-    /// monitor and OSD operation, so that an outage fails instead of hanging.
-    pub fn connect(user: Option<&str>, conf: &Path, timeout: Duration) -> RbdResult<Cluster> {
+    /// `conf`. Non-zero timeouts bound the connection and every monitor
+    /// operation (`timeout`) and every OSD operation (`osd_timeout`), so
+    /// that an outage fails instead of hanging.
+    pub fn connect(
+        user: Option<&str>,
+        conf: &Path,
+        timeout: Duration,
+        osd_timeout: Duration,
+    ) -> RbdResult<Cluster> {
         let name = cstr(
             "rados_create2",
             &format!("client.{}", user.unwrap_or("admin")),
@@ -366,11 +369,10 @@ impl Cluster {
             let secs = timeout.as_secs().max(1);
             c.conf_set("client_mount_timeout", &secs.to_string())?;
             c.conf_set("rados_mon_op_timeout", &secs.to_string())?;
-            // OSD ops get four times as long (at least OSD_OP_TIMEOUT_MIN):
-            // a loaded OSD can stall an op for many seconds, and librbd
-            // copes badly with ops that time out mid-request.
-            let osd = (secs * 4).max(OSD_OP_TIMEOUT_MIN.as_secs());
-            c.conf_set("rados_osd_op_timeout", &osd.to_string())?;
+        }
+        if !osd_timeout.is_zero() {
+            let secs = osd_timeout.as_secs().max(1);
+            c.conf_set("rados_osd_op_timeout", &secs.to_string())?;
         }
         // SAFETY: valid, configured handle.
         check("rados_connect", unsafe { rados_connect(c.rados) })?;

@@ -56,8 +56,12 @@ const OLD_GRACE: Duration = Duration::from_secs(3600);
 const READER_TTL: Duration = Duration::from_secs(2);
 /// Opens of a version tried while other mounts keep replacing it.
 const WATCH_TRIES: usize = 5;
-/// Connection and operation timeout when the config sets none.
+/// Connection and monitor operation timeout when the config sets none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Shortest default bound on one OSD operation (when `op_timeout_s` is not
+/// set, OSD ops get four times the connect timeout, at least this): a
+/// loaded OSD can stall an op for many seconds.
+const OSD_OP_TIMEOUT_MIN: Duration = Duration::from_secs(120);
 /// Images examined at once by `list`.
 const LIST_PARALLEL: usize = 8;
 
@@ -144,6 +148,16 @@ impl Drop for SwapGuard<'_> {
     }
 }
 
+/// The bound on one OSD operation: `op_timeout_s` when set, else four
+/// times the connect timeout, at least `OSD_OP_TIMEOUT_MIN`.
+fn osd_op_timeout(configured: Duration, connect: Duration) -> Duration {
+    if configured.is_zero() {
+        (connect * 4).max(OSD_OP_TIMEOUT_MIN)
+    } else {
+        configured
+    }
+}
+
 impl Conn {
     fn connect(cfg: &RbdStoreConfig) -> Result<Conn> {
         let timeout = if cfg.connect_timeout.is_zero() {
@@ -151,7 +165,8 @@ impl Conn {
         } else {
             cfg.connect_timeout
         };
-        let cluster = Cluster::connect(cfg.user.as_deref(), &cfg.ceph_conf, timeout)
+        let osd_timeout = osd_op_timeout(cfg.op_timeout, timeout);
+        let cluster = Cluster::connect(cfg.user.as_deref(), &cfg.ceph_conf, timeout, osd_timeout)
             .map_err(|e| StoreError::Unavailable(format!("connecting to Ceph: {e}")))?;
         let cluster = Arc::new(cluster);
         let pool = Pool::open(cluster.clone(), &cfg.pool)
@@ -849,5 +864,23 @@ impl Store for RbdStore {
         let live = self.live.lock().unwrap().clone();
         self.with_conn(move |c| upload::collect(c, older_than, dry_run, &live))
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn osd_ops_are_bounded_by_op_timeout_else_by_the_connect_timeout() {
+        let s = Duration::from_secs;
+        assert_eq!(osd_op_timeout(s(5), s(30)), s(5), "op_timeout_s wins");
+        assert_eq!(osd_op_timeout(Duration::ZERO, s(30)), s(120));
+        assert_eq!(
+            osd_op_timeout(Duration::ZERO, s(3)),
+            s(120),
+            "at least 120 s"
+        );
+        assert_eq!(osd_op_timeout(Duration::ZERO, s(60)), s(240), "4x connect");
     }
 }

@@ -131,7 +131,11 @@ pub fn build(cfg: &S3StoreConfig) -> Result<aws_sdk_s3::Client, StoreError> {
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
-                .read_timeout(READ_TIMEOUT)
+                .read_timeout(if cfg.op_timeout.is_zero() {
+                    READ_TIMEOUT
+                } else {
+                    cfg.op_timeout
+                })
                 .operation_attempt_timeout(ATTEMPT_TIMEOUT)
                 .build(),
         )
@@ -158,6 +162,7 @@ mod tests {
             thread_pools: 10,
             cacert: None,
             staging_dir: std::env::temp_dir(),
+            op_timeout: std::time::Duration::ZERO,
         }
     }
 
