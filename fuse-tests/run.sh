@@ -273,9 +273,9 @@ daemon_alive() { local p; p=$(daemon_pid) && [ -n "$p" ] && kill -0 "$p" 2>/dev/
 
 # Says why the daemon is gone, as far as its log and the kernel know (CI
 # keeps only what is printed).
-report_dead_daemon() {
+report_dead_daemon() { # report_dead_daemon [MOUNTPOINT]
     echo "    (the imagefs daemon is not running any more; the end of its log:)"
-    tail -n 15 "$STATE/daemon-$(basename "$MNT").log" 2>/dev/null | sed 's/^/      /' || true
+    tail -n 15 "$STATE/daemon-$(basename "${1:-$MNT}").log" 2>/dev/null | sed 's/^/      /' || true
     dmesg 2>/dev/null | grep -E 'imagefs|tokio|fuser' | tail -n 5 | sed 's/^/      kernel: /' || true
 }
 
@@ -1519,7 +1519,7 @@ EOF2
         # read whose read-ahead failed: 6 x 5 s and the SDK's backoff.
         [ "${secs%.*}" -lt 50 ] || { rc=1; echo "FAIL: $what took $secs s to fail (op_timeout_s = $t)" >&2; }
     done <<<"$out"
-    kill -0 "$dpid" 2>/dev/null || { report_dead_daemon; fail "the daemon died during the outage"; }
+    kill -0 "$dpid" 2>/dev/null || { report_dead_daemon "$m6"; fail "the daemon died during the outage"; }
     # back: new opens read the whole image, byte-exact (the servers may take
     # a few seconds to reconnect)
     local i ok=0
@@ -1543,7 +1543,7 @@ EOF2
         ( . "$S3_ENV_FILE"; ! grep -qF -- "$S3_SECRET_KEY" "$STATE/daemon-$(basename "$m6").log" ) ||
             { rc=1; echo "FAIL: the secret key is in the daemon's log" >&2; }
     fi
-    kill -0 "$dpid" 2>/dev/null || { report_dead_daemon; fail "the daemon died after the outage"; }
+    kill -0 "$dpid" 2>/dev/null || { report_dead_daemon "$m6"; fail "the daemon died after the outage"; }
     return $rc
 }
 
